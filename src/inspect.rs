@@ -1,0 +1,486 @@
+//! INSPECT: what operating system is on the disk and how it boots.
+//!
+//! Runs inside a launched appliance. The same functions serve `h2k-guest inspect` (read-only
+//! drive) and the fix pipeline (the writable overlay), so what is reported is what is fixed.
+
+use std::cmp::Ordering;
+
+use serde::Serialize;
+
+use crate::guestfs::{Guestfs, GuestfsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(
+        "no operating system found on the disk (libguestfs inspection found no root filesystem)"
+    )]
+    NoOs,
+    #[error(transparent)]
+    Guestfs(#[from] GuestfsError),
+}
+
+/// Everything h2k-guest knows about one operating system on the disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct OsInfo {
+    pub root: String,
+    #[serde(rename = "type")]
+    pub os_type: String,
+    pub distro: String,
+    pub product_name: String,
+    pub major_version: i32,
+    pub minor_version: i32,
+    pub arch: String,
+    pub osinfo: Option<String>,
+    pub package_format: String,
+    pub package_management: String,
+    pub hostname: String,
+    pub mountpoints: Vec<Mountpoint>,
+    pub filesystems: Vec<Filesystem>,
+    pub kernels: Vec<Kernel>,
+    /// The kernel the bootloader boots by default (best guess: the newest).
+    pub default_kernel: Option<String>,
+    pub bootloader: Bootloader,
+    pub firmware: Firmware,
+    pub initramfs_tool: InitramfsTool,
+    /// Whether the default kernel's initramfs (or the kernel itself) has virtio_blk.
+    pub virtio_blk_in_default_initramfs: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Mountpoint {
+    pub mountpoint: String,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Filesystem {
+    pub device: String,
+    #[serde(rename = "type")]
+    pub fs_type: String,
+    pub uuid: Option<String>,
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Kernel {
+    pub version: String,
+    pub vmlinuz: String,
+    pub initramfs: Option<String>,
+    /// virtio drivers found inside the initramfs or built into the kernel.
+    pub virtio_modules: Vec<String>,
+    /// Whether virtio_blk is available at boot (in the initramfs or built in); None = unknown.
+    pub has_virtio_blk: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Bootloader {
+    /// "grub2", "grub-legacy", "systemd-boot" or "unknown".
+    pub kind: String,
+    /// Path of the generated configuration inside the guest, when there is one.
+    pub config: Option<String>,
+    /// Boot Loader Specification entries in /boot/loader/entries.
+    pub bls: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Firmware {
+    /// "bios" or "uefi".
+    pub kind: String,
+    /// Why: "ESP partition /dev/sda1", "/boot/efi in fstab", "no ESP".
+    pub evidence: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitramfsTool {
+    InitramfsTools,
+    Dracut,
+    Mkinitcpio,
+    Unknown,
+}
+
+/// The modules a guest needs to find its disk and network on KVM.
+pub const VIRTIO_MODULES: &[&str] = &[
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_pci",
+    "virtio_net",
+    "virtio_ring",
+    "virtio",
+];
+
+const ESP_GPT_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+
+/// Find OS roots. Errors with [`InspectError::NoOs`] when there are none.
+pub fn find_roots(g: &Guestfs) -> Result<Vec<String>, InspectError> {
+    let roots = g.inspect_os()?;
+    if roots.is_empty() {
+        return Err(InspectError::NoOs);
+    }
+    Ok(roots)
+}
+
+/// Mount the guest's filesystems for `root` at their mountpoints (shortest path first).
+/// Filesystems that fail to mount (e.g. a stale fstab entry) are skipped with a warning.
+pub fn mount_guest(g: &Guestfs, root: &str) -> Result<Vec<String>, InspectError> {
+    let mut mps = g.inspect_get_mountpoints(root)?;
+    mps.sort_by_key(|(mp, _)| mp.len());
+    let mut warnings = Vec::new();
+    for (mp, dev) in mps {
+        if let Err(e) = g.mount(&dev, &mp) {
+            if mp == "/" {
+                return Err(e.into());
+            }
+            warnings.push(format!("could not mount {dev} on {mp}: {}", e.message));
+        }
+    }
+    Ok(warnings)
+}
+
+/// Inspect one root; the guest must be mounted (see [`mount_guest`]).
+pub fn inspect_root(g: &Guestfs, root: &str) -> Result<OsInfo, InspectError> {
+    let mountpoints: Vec<Mountpoint> = g
+        .inspect_get_mountpoints(root)?
+        .into_iter()
+        .map(|(mountpoint, device)| Mountpoint { mountpoint, device })
+        .collect();
+    let filesystems = list_filesystems(g)?;
+    let kernels = list_kernels(g)?;
+    let default_kernel = kernels.last().map(|k| k.version.clone());
+    let virtio_blk_in_default_initramfs = kernels.last().and_then(|k| k.has_virtio_blk);
+    Ok(OsInfo {
+        root: root.to_string(),
+        os_type: g.inspect_get_type(root)?,
+        distro: g.inspect_get_distro(root)?,
+        product_name: g.inspect_get_product_name(root)?,
+        major_version: g.inspect_get_major_version(root)?,
+        minor_version: g.inspect_get_minor_version(root)?,
+        arch: g.inspect_get_arch(root)?,
+        osinfo: g.inspect_get_osinfo(root).ok().filter(|s| s != "unknown"),
+        package_format: g.inspect_get_package_format(root)?,
+        package_management: g.inspect_get_package_management(root)?,
+        hostname: g.inspect_get_hostname(root)?,
+        bootloader: detect_bootloader(g)?,
+        firmware: detect_firmware(g, &mountpoints)?,
+        initramfs_tool: detect_initramfs_tool(g)?,
+        mountpoints,
+        filesystems,
+        kernels,
+        default_kernel,
+        virtio_blk_in_default_initramfs,
+    })
+}
+
+fn list_filesystems(g: &Guestfs) -> Result<Vec<Filesystem>, GuestfsError> {
+    let mut out = Vec::new();
+    for (device, fs_type) in g.list_filesystems()? {
+        if fs_type == "unknown" {
+            continue;
+        }
+        let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
+        let uuid = g.vfs_uuid(&device).ok().and_then(nonempty);
+        let label = g.vfs_label(&device).ok().and_then(nonempty);
+        out.push(Filesystem {
+            device,
+            fs_type,
+            uuid,
+            label,
+        });
+    }
+    Ok(out)
+}
+
+/// Compare kernel versions ("6.1.0-18-amd64" < "6.1.0-25-amd64") by numeric runs.
+pub fn compare_kernel_versions(a: &str, b: &str) -> Ordering {
+    fn parts(s: &str) -> Vec<Result<u64, &str>> {
+        let mut out = Vec::new();
+        let bytes = s.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let start = i;
+            let digit = bytes[i].is_ascii_digit();
+            while i < bytes.len() && bytes[i].is_ascii_digit() == digit {
+                i += 1;
+            }
+            let run = &s[start..i];
+            out.push(if digit {
+                Ok(run.parse().unwrap_or(u64::MAX))
+            } else {
+                Err(run)
+            });
+        }
+        out
+    }
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(pb.iter()) {
+        let o = match (x, y) {
+            (Ok(x), Ok(y)) => x.cmp(y),
+            (Err(x), Err(y)) => x.cmp(y),
+            (Ok(_), Err(_)) => Ordering::Greater,
+            (Err(_), Ok(_)) => Ordering::Less,
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    pa.len().cmp(&pb.len())
+}
+
+/// Where distributions put the initramfs for kernel `version`, most common first.
+pub fn initramfs_candidates(version: &str) -> Vec<String> {
+    vec![
+        format!("/boot/initrd.img-{version}"),
+        format!("/boot/initramfs-{version}.img"),
+        format!("/boot/initrd-{version}"),
+        format!("/boot/initramfs-{version}"),
+    ]
+}
+
+fn list_kernels(g: &Guestfs) -> Result<Vec<Kernel>, GuestfsError> {
+    let mut versions: Vec<String> = g
+        .glob_expand("/boot/vmlinuz-*")?
+        .into_iter()
+        .filter_map(|p| p.strip_prefix("/boot/vmlinuz-").map(str::to_string))
+        .filter(|v| !v.contains("rescue"))
+        .collect();
+    versions.sort_by(|a, b| compare_kernel_versions(a, b));
+    let mut out = Vec::new();
+    for version in versions {
+        let mut initramfs = None;
+        for c in initramfs_candidates(&version) {
+            if g.is_file(&c)? {
+                initramfs = Some(c);
+                break;
+            }
+        }
+        let (virtio_modules, has_virtio_blk) = virtio_in_boot(g, &version, initramfs.as_deref());
+        out.push(Kernel {
+            vmlinuz: format!("/boot/vmlinuz-{version}"),
+            version,
+            initramfs,
+            virtio_modules,
+            has_virtio_blk,
+        });
+    }
+    Ok(out)
+}
+
+/// Which virtio drivers are available at boot for this kernel: built in, or in the initramfs.
+pub fn virtio_in_boot(
+    g: &Guestfs,
+    version: &str,
+    initramfs: Option<&str>,
+) -> (Vec<String>, Option<bool>) {
+    let builtin = g
+        .read_to_string(&format!("/lib/modules/{version}/modules.builtin"))
+        .unwrap_or_default();
+    let listing = initramfs.and_then(|path| list_initramfs(g, path));
+    let mut found = Vec::new();
+    for m in VIRTIO_MODULES {
+        let file = format!("/{m}.ko");
+        let in_builtin = builtin.lines().any(|l| l.ends_with(&file));
+        let in_initramfs = listing.as_deref().is_some_and(|l| {
+            l.lines()
+                .any(|line| module_name_of(line).is_some_and(|n| n == *m))
+        });
+        if in_builtin || in_initramfs {
+            found.push(m.to_string());
+        }
+    }
+    let known = listing.is_some() || !builtin.is_empty();
+    let has_blk = found.iter().any(|m| m == "virtio_blk");
+    (
+        found,
+        if known && (listing.is_some() || has_blk) {
+            Some(has_blk)
+        } else {
+            None
+        },
+    )
+}
+
+/// "usr/lib/modules/6.1/kernel/drivers/block/virtio_blk.ko.xz" → "virtio_blk".
+pub fn module_name_of(path: &str) -> Option<&str> {
+    let file = path.rsplit('/').next()?;
+    let stem = file.split(".ko").next()?;
+    (file.len() > stem.len()).then_some(stem)
+}
+
+/// The initramfs file list through the guest's own lister (lsinitramfs or lsinitrd).
+fn list_initramfs(g: &Guestfs, path: &str) -> Option<String> {
+    for lister in [
+        "/usr/bin/lsinitramfs",
+        "/usr/sbin/lsinitramfs",
+        "/usr/bin/lsinitrd",
+        "/usr/sbin/lsinitrd",
+    ] {
+        if g.is_file(lister).unwrap_or(false) {
+            match g.command(&[lister, path]) {
+                Ok(out) => return Some(out),
+                Err(e) => log::debug!("{lister} {path} failed: {e}"),
+            }
+        }
+    }
+    None
+}
+
+fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
+    let bls = g.is_dir("/boot/loader/entries")?
+        && !g.glob_expand("/boot/loader/entries/*.conf")?.is_empty();
+    for cfg in ["/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"] {
+        if g.is_file(cfg)? {
+            return Ok(Bootloader {
+                kind: "grub2".into(),
+                config: Some(cfg.into()),
+                bls,
+            });
+        }
+    }
+    // UEFI-only GRUB 2 layouts keep grub.cfg on the ESP.
+    if let Some(cfg) = g
+        .glob_expand("/boot/efi/EFI/*/grub.cfg")?
+        .into_iter()
+        .next()
+    {
+        return Ok(Bootloader {
+            kind: "grub2".into(),
+            config: Some(cfg),
+            bls,
+        });
+    }
+    for cfg in ["/boot/grub/menu.lst", "/boot/grub/grub.conf"] {
+        if g.is_file(cfg)? {
+            return Ok(Bootloader {
+                kind: "grub-legacy".into(),
+                config: Some(cfg.into()),
+                bls,
+            });
+        }
+    }
+    for cfg in [
+        "/boot/efi/loader/loader.conf",
+        "/efi/loader/loader.conf",
+        "/boot/loader/loader.conf",
+    ] {
+        if g.is_file(cfg)? {
+            return Ok(Bootloader {
+                kind: "systemd-boot".into(),
+                config: Some(cfg.into()),
+                bls,
+            });
+        }
+    }
+    Ok(Bootloader {
+        kind: "unknown".into(),
+        config: None,
+        bls,
+    })
+}
+
+fn detect_firmware(g: &Guestfs, mountpoints: &[Mountpoint]) -> Result<Firmware, GuestfsError> {
+    for p in g.list_partitions()? {
+        let tags = g.blkid(&p).unwrap_or_default();
+        if tags
+            .iter()
+            .any(|(k, v)| k == "PART_ENTRY_TYPE" && v.eq_ignore_ascii_case(ESP_GPT_TYPE))
+        {
+            return Ok(Firmware {
+                kind: "uefi".into(),
+                evidence: format!("EFI system partition {p}"),
+            });
+        }
+    }
+    if let Some(m) = mountpoints
+        .iter()
+        .find(|m| m.mountpoint == "/boot/efi" || m.mountpoint == "/efi")
+    {
+        return Ok(Firmware {
+            kind: "uefi".into(),
+            evidence: format!("{} mounted from {}", m.mountpoint, m.device),
+        });
+    }
+    Ok(Firmware {
+        kind: "bios".into(),
+        evidence: "no EFI system partition".into(),
+    })
+}
+
+fn detect_initramfs_tool(g: &Guestfs) -> Result<InitramfsTool, GuestfsError> {
+    let any = |paths: &[&str]| -> Result<bool, GuestfsError> {
+        for p in paths {
+            if g.is_file(p)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    // dracut first: a Debian guest that switched to dracut may keep initramfs-tools-core files.
+    if any(&["/usr/bin/dracut", "/usr/sbin/dracut", "/sbin/dracut"])? {
+        return Ok(InitramfsTool::Dracut);
+    }
+    if any(&["/usr/sbin/update-initramfs", "/sbin/update-initramfs"])? {
+        return Ok(InitramfsTool::InitramfsTools);
+    }
+    if any(&["/usr/bin/mkinitcpio", "/usr/sbin/mkinitcpio"])? {
+        return Ok(InitramfsTool::Mkinitcpio);
+    }
+    Ok(InitramfsTool::Unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_sort_numerically() {
+        let mut v = vec![
+            "6.1.0-25-amd64",
+            "6.1.0-9-amd64",
+            "5.10.0-28-amd64",
+            "6.10.0-1-amd64",
+        ];
+        v.sort_by(|a, b| compare_kernel_versions(a, b));
+        assert_eq!(
+            v,
+            [
+                "5.10.0-28-amd64",
+                "6.1.0-9-amd64",
+                "6.1.0-25-amd64",
+                "6.10.0-1-amd64"
+            ]
+        );
+        assert_eq!(
+            compare_kernel_versions("5.14.0-427.el9.x86_64", "5.14.0-427.el9.x86_64"),
+            Ordering::Equal
+        );
+        assert_eq!(
+            compare_kernel_versions("4.18.0-553.el8", "4.18.0-80.el8"),
+            Ordering::Greater
+        );
+    }
+
+    #[test]
+    fn module_names_from_initramfs_listings() {
+        assert_eq!(
+            module_name_of("usr/lib/modules/6.1.0-18-amd64/kernel/drivers/block/virtio_blk.ko"),
+            Some("virtio_blk")
+        );
+        assert_eq!(
+            module_name_of("lib/modules/5.14/kernel/drivers/virtio/virtio_pci.ko.xz"),
+            Some("virtio_pci")
+        );
+        assert_eq!(
+            module_name_of("usr/lib/modules/6.1/kernel/drivers/virtio/virtio.ko.zst"),
+            Some("virtio")
+        );
+        assert_eq!(module_name_of("usr/lib/modules/6.1/modules.dep"), None);
+        assert_eq!(module_name_of("etc/virtio_blk.conf"), None);
+    }
+
+    #[test]
+    fn initramfs_names_cover_debian_and_dracut() {
+        let c = initramfs_candidates("6.1.0-18-amd64");
+        assert_eq!(c[0], "/boot/initrd.img-6.1.0-18-amd64");
+        assert_eq!(c[1], "/boot/initramfs-6.1.0-18-amd64.img");
+    }
+}

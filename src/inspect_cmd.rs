@@ -1,0 +1,237 @@
+//! `h2k-guest inspect`: one read-only appliance, every OS root reported.
+
+use serde::Serialize;
+
+use crate::appliance::{Appliance, ApplianceError, ApplianceOptions, Drive};
+use crate::guestfs::DriveOptions;
+use crate::inspect::{self, InspectError, OsInfo};
+use crate::load::{self, LoadError, Source, SourceInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectCmdError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{disk}: {cause}")]
+    Appliance { disk: String, cause: ApplianceError },
+    #[error("{disk}: {cause}")]
+    Inspect { disk: String, cause: InspectError },
+}
+
+#[derive(Debug, Serialize)]
+pub struct InspectReport {
+    pub tool_version: String,
+    pub libguestfs_version: String,
+    pub source: SourceInfo,
+    pub accelerator: crate::accel::Accel,
+    pub accelerator_reason: String,
+    pub appliance_launch_seconds: f64,
+    pub operating_systems: Vec<OsInfo>,
+    pub warnings: Vec<String>,
+}
+
+pub fn inspect_disk(
+    disk: &str,
+    format: Option<&str>,
+    opts: &ApplianceOptions,
+) -> Result<InspectReport, InspectCmdError> {
+    let source = Source::parse(disk);
+    let info = load::probe(&source, format)?;
+    let drive = drive_for(&info, true);
+    let spinner = crate::progress::Spinner::new("starting the libguestfs appliance", false);
+    let app = Appliance::launch(&[drive], opts).map_err(|cause| InspectCmdError::Appliance {
+        disk: disk.into(),
+        cause,
+    });
+    spinner.finish();
+    let app = app?;
+    let wrap = |cause: InspectError| InspectCmdError::Inspect {
+        disk: disk.into(),
+        cause,
+    };
+    let roots = inspect::find_roots(&app.g).map_err(wrap)?;
+    let mut oses = Vec::new();
+    let mut warnings = Vec::new();
+    for root in &roots {
+        warnings.extend(inspect::mount_guest(&app.g, root).map_err(wrap)?);
+        oses.push(inspect::inspect_root(&app.g, root).map_err(wrap)?);
+        app.g.umount_all().map_err(|e| wrap(e.into()))?;
+    }
+    Ok(InspectReport {
+        tool_version: crate::version::TOOL.into(),
+        libguestfs_version: crate::version::LIBGUESTFS.into(),
+        source: info,
+        accelerator: app.accel,
+        accelerator_reason: app.accel_reason.clone(),
+        appliance_launch_seconds: app.launch_seconds,
+        operating_systems: oses,
+        warnings,
+    })
+}
+
+/// How to attach a probed source: by its detected format, or over NBD.
+pub fn drive_for(info: &SourceInfo, readonly: bool) -> Drive {
+    match &info.source {
+        Source::File(p) => Drive {
+            path: p.display().to_string(),
+            options: DriveOptions {
+                readonly,
+                format: Some(info.format.clone()),
+                ..Default::default()
+            },
+        },
+        Source::Nbd(uri) => {
+            let (server, export) = nbd_server_and_export(uri);
+            Drive {
+                path: export,
+                options: DriveOptions {
+                    readonly,
+                    format: Some(info.format.clone()),
+                    protocol: Some("nbd".into()),
+                    servers: vec![server],
+                    ..Default::default()
+                },
+            }
+        }
+    }
+}
+
+/// Split an NBD URI into libguestfs's server string and export name.
+/// `nbd+unix:///exp?socket=/s` → ("unix:/s", "exp"); `nbd://host:10809/exp` → ("tcp:host:10809", "exp").
+pub fn nbd_server_and_export(uri: &str) -> (String, String) {
+    if let Some(rest) = uri.strip_prefix("nbd+unix://") {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let export = path.trim_start_matches('/').to_string();
+        let socket = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("socket="))
+            .unwrap_or("")
+            .to_string();
+        return (format!("unix:{socket}"), export);
+    }
+    let rest = uri
+        .trim_start_matches("nbd+tcp://")
+        .trim_start_matches("nbd://");
+    let (hostport, export) = rest.split_once('/').unwrap_or((rest, ""));
+    (format!("tcp:{hostport}"), export.to_string())
+}
+
+fn opt(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("-")
+}
+
+/// The human-readable table printed without `--json`.
+pub fn render_table(r: &InspectReport) -> String {
+    let mut o = String::new();
+    let size_gib = r.source.virtual_size as f64 / (1u64 << 30) as f64;
+    o += &format!(
+        "Source:       {} ({}, {:.2} GiB virtual)\n",
+        r.source.source, r.source.format, size_gib
+    );
+    o += &format!(
+        "Appliance:    {} ({}), launched in {:.1} s\n",
+        r.accelerator, r.accelerator_reason, r.appliance_launch_seconds
+    );
+    for os in &r.operating_systems {
+        o += &format!("\nRoot:         {}\n", os.root);
+        o += &format!(
+            "Product:      {} ({} {} {}.{}, {})\n",
+            os.product_name, os.os_type, os.distro, os.major_version, os.minor_version, os.arch
+        );
+        o += &format!(
+            "Packages:     {} / {}\n",
+            os.package_format, os.package_management
+        );
+        o += &format!("Hostname:     {}\n", os.hostname);
+        o += &format!(
+            "Firmware:     {} ({})\n",
+            os.firmware.kind, os.firmware.evidence
+        );
+        o += &format!(
+            "Bootloader:   {}{}{}\n",
+            os.bootloader.kind,
+            os.bootloader
+                .config
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default(),
+            if os.bootloader.bls {
+                ", BLS entries"
+            } else {
+                ""
+            }
+        );
+        o += &format!(
+            "Initramfs:    {}\n",
+            serde_json::to_value(os.initramfs_tool)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        );
+        o += &format!(
+            "virtio_blk:   {} in the default kernel's initramfs\n",
+            match os.virtio_blk_in_default_initramfs {
+                Some(true) => "present",
+                Some(false) => "MISSING",
+                None => "unknown",
+            }
+        );
+        o += "Mountpoints:\n";
+        for m in &os.mountpoints {
+            o += &format!("  {:<14} {}\n", m.mountpoint, m.device);
+        }
+        o += "Filesystems:\n";
+        for f in &os.filesystems {
+            o += &format!(
+                "  {:<24} {:<6} uuid={} label={}\n",
+                f.device,
+                f.fs_type,
+                opt(&f.uuid),
+                opt(&f.label)
+            );
+        }
+        o += "Kernels:\n";
+        for k in &os.kernels {
+            let default = if os.default_kernel.as_deref() == Some(k.version.as_str()) {
+                " (default)"
+            } else {
+                ""
+            };
+            o += &format!(
+                "  {}{}  initramfs={}  virtio=[{}]\n",
+                k.version,
+                default,
+                opt(&k.initramfs),
+                k.virtio_modules.join(",")
+            );
+        }
+    }
+    for w in &r.warnings {
+        o += &format!("warning: {w}\n");
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nbd_uris_split_into_server_and_export() {
+        assert_eq!(
+            nbd_server_and_export("nbd+unix:///disk?socket=/run/x.sock"),
+            ("unix:/run/x.sock".into(), "disk".into())
+        );
+        assert_eq!(
+            nbd_server_and_export("nbd+unix://?socket=/s"),
+            ("unix:/s".into(), "".into())
+        );
+        assert_eq!(
+            nbd_server_and_export("nbd://127.0.0.1:10809/vm1"),
+            ("tcp:127.0.0.1:10809".into(), "vm1".into())
+        );
+        assert_eq!(
+            nbd_server_and_export("nbd://host"),
+            ("tcp:host".into(), "".into())
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! h2k-guest: repair a Linux guest disk exported from VMware (or another hypervisor) offline
+//! and write a KVM-ready image.
+//!
+//! The modules follow the pipeline of one VM:
+//! [`load`] → [`inspect`] → [`fix`] → [`convert`] → [`validate`], driven by a [`manifest`]
+//! (or flags), recorded in a [`report`]; [`daemon`] runs the pipeline for manifests dropped in
+//! a spool directory. [`guestfs`] is the only module with `unsafe` (over `guestfs-sys`).
+
+pub mod accel;
+pub mod appliance;
+pub mod guestfs;
+pub mod inspect;
+pub mod inspect_cmd;
+pub mod load;
+pub mod logging;
+pub mod progress;
+pub mod version;

@@ -1,0 +1,349 @@
+//! LOAD: identify the source image, refuse what cannot be converted, and put a throw-away
+//! qcow2 overlay in front of it so nothing downstream can write the source.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: no such file")]
+    Missing { path: String },
+    #[error("{path}: cannot read: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("{path}: is a directory, not a disk image")]
+    Directory { path: String },
+    #[error("{path}: not a disk image ({reason})")]
+    NotAnImage { path: String, reason: String },
+    #[error(
+        "{path}: unsupported image format {format:?} (supported: vmdk, qcow2, raw, vhd, vhdx, vdi)"
+    )]
+    UnsupportedFormat { path: String, format: String },
+    #[error("{path}: qemu-img cannot open it: {reason}")]
+    QemuImg { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    Format { path: String, reason: String },
+    #[error("{tool} not found in PATH: install qemu-utils (scripts/setup.sh does)")]
+    ToolMissing { tool: String },
+    #[error("cannot create the overlay {path}: {reason}")]
+    Overlay { path: String, reason: String },
+}
+
+/// Where the source comes from: a local file or an NBD URI (`nbd://…`, `nbd+unix://…`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Source {
+    File(PathBuf),
+    Nbd(String),
+}
+
+impl Source {
+    pub fn parse(s: &str) -> Source {
+        if s.starts_with("nbd://") || s.starts_with("nbd+unix://") || s.starts_with("nbd+tcp://") {
+            Source::Nbd(s.to_string())
+        } else {
+            Source::File(PathBuf::from(s))
+        }
+    }
+
+    /// The string qemu-img is given.
+    pub fn qemu_name(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Nbd(u) => u.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.qemu_name())
+    }
+}
+
+/// What qemu-img says about one layer of the image chain.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ImageLayer {
+    pub filename: String,
+    pub format: String,
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+    #[serde(rename = "actual-size", default)]
+    pub actual_size: Option<u64>,
+    #[serde(rename = "backing-filename", default)]
+    pub backing_filename: Option<String>,
+    #[serde(rename = "format-specific", default, skip_serializing)]
+    pub format_specific: Option<serde_json::Value>,
+}
+
+/// The probed source, as recorded in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceInfo {
+    pub source: Source,
+    pub format: String,
+    pub virtual_size: u64,
+    pub actual_size: Option<u64>,
+    /// VMDK subformat (monolithicSparse, streamOptimized, …) when the source is a VMDK.
+    pub vmdk_subformat: Option<String>,
+    /// Every layer, top first (length 1 unless the source has a backing file).
+    pub chain: Vec<ImageLayer>,
+}
+
+pub const SUPPORTED_FORMATS: &[&str] = &["vmdk", "qcow2", "raw", "vpc", "vhdx", "vdi"];
+
+/// Fail early, with a pointer to the fix, when a needed tool is absent.
+pub fn require_tool(tool: &str) -> Result<(), LoadError> {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(LoadError::ToolMissing { tool: tool.into() })
+    }
+}
+
+/// Map a user's format name (manifest `source_format`, `--format`) to qemu's.
+pub fn qemu_format_name(user: &str) -> String {
+    match user.to_ascii_lowercase().as_str() {
+        "vhd" => "vpc".into(),
+        "img" => "raw".into(),
+        other => other.into(),
+    }
+}
+
+/// Probe `source` with `qemu-img info --backing-chain`; `format` forces a format.
+pub fn probe(source: &Source, format: Option<&str>) -> Result<SourceInfo, LoadError> {
+    require_tool("qemu-img")?;
+    if let Source::File(path) = source {
+        check_readable(path)?;
+    }
+    let name = source.qemu_name();
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "--output=json", "--backing-chain", "-U"]);
+    if let Some(f) = format {
+        cmd.args(["-f", &qemu_format_name(f)]);
+    }
+    cmd.arg(&name);
+    let out = cmd.output().map_err(|e| LoadError::QemuImg {
+        path: name.clone(),
+        reason: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(LoadError::QemuImg {
+            path: name,
+            reason: qemu_img_reason(&String::from_utf8_lossy(&out.stderr)),
+        });
+    }
+    let chain: Vec<ImageLayer> =
+        serde_json::from_slice(&out.stdout).map_err(|e| LoadError::QemuImg {
+            path: name.clone(),
+            reason: format!("unexpected qemu-img output: {e}"),
+        })?;
+    let top = chain.first().cloned().ok_or_else(|| LoadError::QemuImg {
+        path: name.clone(),
+        reason: "qemu-img reported no image".into(),
+    })?;
+    if !SUPPORTED_FORMATS.contains(&top.format.as_str()) {
+        return Err(LoadError::UnsupportedFormat {
+            path: name,
+            format: top.format,
+        });
+    }
+    if let (Source::File(path), "raw") = (source, top.format.as_str()) {
+        sniff_raw(path)?;
+    }
+    if top.virtual_size == 0 {
+        return Err(LoadError::NotAnImage {
+            path: name,
+            reason: "virtual size is 0".into(),
+        });
+    }
+    let vmdk_subformat = top
+        .format_specific
+        .as_ref()
+        .and_then(|v| v.pointer("/data/create-type"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    Ok(SourceInfo {
+        source: source.clone(),
+        format: top.format.clone(),
+        virtual_size: top.virtual_size,
+        actual_size: top.actual_size,
+        vmdk_subformat,
+        chain,
+    })
+}
+
+/// qemu-img's stderr, reduced to its last, most specific clause.
+fn qemu_img_reason(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("failed")
+        .trim();
+    let line = line.strip_prefix("qemu-img: ").unwrap_or(line);
+    // "Could not open 'x': Could not open 'x-flat.vmdk': No such file or directory" → keep the innermost open.
+    match line.rfind("Could not open") {
+        Some(i) if i > 0 => line[i..].to_string(),
+        _ => line.to_string(),
+    }
+}
+
+fn check_readable(path: &Path) -> Result<(), LoadError> {
+    let p = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LoadError::Missing { path: p.clone() },
+        _ => LoadError::Unreadable {
+            path: p.clone(),
+            reason: e.to_string(),
+        },
+    })?;
+    if meta.is_dir() {
+        return Err(LoadError::Directory { path: p });
+    }
+    File::open(path).map_err(|e| LoadError::Unreadable {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
+
+/// qemu-img calls any file "raw"; accept it only if it starts like a disk or a filesystem.
+fn sniff_raw(path: &Path) -> Result<(), LoadError> {
+    let p = path.display().to_string();
+    let mut f = File::open(path).map_err(|e| LoadError::Unreadable {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut head = vec![0u8; 0x10100];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => {
+                return Err(LoadError::Unreadable {
+                    path: p,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    head.truncate(n);
+    if looks_like_disk(&head) {
+        return Ok(());
+    }
+    // A tar (OVA) is the one archive users hand us by mistake often enough to name.
+    if head.len() > 262 && &head[257..262] == b"ustar" {
+        return Err(LoadError::NotAnImage {
+            path: p,
+            reason: "it is a tar archive; unpack the OVA and give its .vmdk".into(),
+        });
+    }
+    let _ = f.seek(SeekFrom::Start(0));
+    Err(LoadError::NotAnImage {
+        path: p,
+        reason: "no partition table or filesystem signature in its first 64 KiB".into(),
+    })
+}
+
+/// Partition table (MBR/GPT) or a filesystem/LVM/swap signature near the start.
+pub fn looks_like_disk(head: &[u8]) -> bool {
+    let at = |off: usize, magic: &[u8]| {
+        head.len() >= off + magic.len() && &head[off..off + magic.len()] == magic
+    };
+    at(510, &[0x55, 0xAA])                      // MBR (also protective MBR of GPT)
+        || at(512, b"EFI PART")                  // GPT header
+        || at(1080, &[0x53, 0xEF])               // ext2/3/4 superblock magic
+        || at(0, b"XFSB")                        // XFS
+        || at(512 + 24, b"LVM2 001") || at(512, b"LABELONE") // LVM PV label
+        || at(0x10040, b"_BHRfS_M")              // btrfs
+        || at(4086, b"SWAPSPACE2") // swap (4 KiB pages)
+}
+
+/// Create `overlay` (qcow2) backed by the source; all guest writes land there.
+pub fn create_overlay(info: &SourceInfo, overlay: &Path) -> Result<(), LoadError> {
+    let out = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            &info.format,
+            "-b",
+            &info.source.qemu_name(),
+        ])
+        .arg(overlay)
+        .output()
+        .map_err(|e| LoadError::Overlay {
+            path: overlay.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(LoadError::Overlay {
+            path: overlay.display().to_string(),
+            reason: qemu_img_reason(&String::from_utf8_lossy(&out.stderr)),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nbd_uris_are_not_paths() {
+        assert_eq!(
+            Source::parse("nbd+unix:///?socket=/tmp/s"),
+            Source::Nbd("nbd+unix:///?socket=/tmp/s".into())
+        );
+        assert_eq!(
+            Source::parse("nbd://localhost:10809/disk"),
+            Source::Nbd("nbd://localhost:10809/disk".into())
+        );
+        assert_eq!(
+            Source::parse("/data/vm.vmdk"),
+            Source::File("/data/vm.vmdk".into())
+        );
+    }
+
+    #[test]
+    fn user_format_names_map_to_qemu() {
+        assert_eq!(qemu_format_name("VHD"), "vpc");
+        assert_eq!(qemu_format_name("vmdk"), "vmdk");
+    }
+
+    #[test]
+    fn disk_signatures() {
+        let mut mbr = vec![0u8; 1024];
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+        assert!(looks_like_disk(&mbr));
+        let mut ext4 = vec![0u8; 2048];
+        ext4[1080] = 0x53;
+        ext4[1081] = 0xEF;
+        assert!(looks_like_disk(&ext4));
+        assert!(!looks_like_disk(b"hello world\n"));
+        assert!(!looks_like_disk(&vec![0u8; 70000]));
+    }
+
+    #[test]
+    fn qemu_img_errors_keep_the_innermost_cause() {
+        let e = "qemu-img: Could not open 'a.vmdk': Could not open '/x/a-flat.vmdk': No such file or directory\n";
+        assert_eq!(
+            qemu_img_reason(e),
+            "Could not open '/x/a-flat.vmdk': No such file or directory"
+        );
+        assert_eq!(
+            qemu_img_reason("qemu-img: Image is corrupt\n"),
+            "Image is corrupt"
+        );
+    }
+}
