@@ -15,3 +15,7 @@ pub mod load;
 pub mod logging;
 pub mod progress;
 pub mod version;
+pub mod fix;
+pub mod manifest;
+pub mod plan;
+pub mod validate;

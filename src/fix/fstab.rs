@@ -1,0 +1,1 @@
+//! fstab / crypttab device-name rewriting (pure text transforms).

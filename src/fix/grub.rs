@@ -1,0 +1,1 @@
+//! GRUB and kernel command-line rewriting (pure text transforms).

@@ -1,0 +1,219 @@
+//! The one internal description of a job, whatever it came from: a seed-format manifest, a
+//! HyperSDK Artifact Manifest, or `h2k-guest fix DISK -o OUT` flags. Everything downstream
+//! (pipeline, report, daemon) reads only this.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the job's description came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dialect {
+    /// `"version": "1.0"` with `pipeline.load/inspect/fix/convert` (the seed's format).
+    SeedV1,
+    /// HyperSDK Artifact Manifest v1.0 (`"manifest_version": "1.0"`, `disks[]`).
+    ArtifactV1,
+    /// Command-line flags, no manifest.
+    Cli,
+}
+
+/// How `/etc/fstab` (and crypttab) device names are rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FstabMode {
+    /// Every `/dev/sdX`, `/dev/hdX`, `/dev/vdX`, `/dev/disk/by-path`, `/dev/disk/by-id` spec → `UUID=`.
+    #[default]
+    StabilizeAll,
+    /// Only `/dev/disk/by-path/...` specs → `UUID=`.
+    BypathOnly,
+    /// Leave fstab alone.
+    Noop,
+}
+
+impl std::str::FromStr for FstabMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stabilize-all" => Ok(FstabMode::StabilizeAll),
+            "bypath-only" => Ok(FstabMode::BypathOnly),
+            "noop" => Ok(FstabMode::Noop),
+            other => Err(format!("unknown fstab mode {other:?} (expected stabilize-all, bypath-only or noop)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl OutputFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputFormat::Qcow2 => "qcow2",
+            OutputFormat::Raw => "raw",
+        }
+    }
+}
+
+/// qcow2 compression algorithm when `compress` is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionType {
+    /// Fast and small; needs QEMU ≥ 5.1 to read.
+    #[default]
+    Zstd,
+    /// For old readers.
+    Zlib,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskType {
+    Boot,
+    Data,
+    #[default]
+    Unknown,
+}
+
+/// One source disk and where its converted copy goes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiskPlan {
+    /// Stable name: the artifact manifest's `id`, else derived from the file name.
+    pub id: String,
+    /// Absolute path, or an `nbd://` / `nbd+unix://` URI.
+    pub source: String,
+    /// Declared format (vmdk, qcow2, raw, vhd, vhdx, vdi); None = detect.
+    pub format: Option<String>,
+    /// Expected `sha256:<64 hex>`, verified before anything else when given.
+    pub checksum: Option<String>,
+    pub disk_type: DiskType,
+    pub boot_order_hint: Option<u32>,
+    /// Declared size in bytes (artifact manifest `bytes`), checked against the file.
+    pub bytes: Option<u64>,
+    /// Absolute output path (the final name; `.part` is added while writing).
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FixPlan {
+    pub enabled: bool,
+    pub fstab_mode: FstabMode,
+    /// Rewrite root= on the kernel command line and regenerate the GRUB config.
+    pub update_grub: bool,
+    /// Make sure virtio drivers are in the initramfs (rebuild only when missing).
+    pub initramfs: bool,
+    /// Rebuild the initramfs even when virtio drivers are already present.
+    pub force_initramfs: bool,
+    pub remove_vmware_tools: bool,
+    /// Drop MAC-pinned udev/netplan/ifcfg network naming (VMware MACs).
+    pub network_cleanup: bool,
+    /// fstrim guest filesystems before the copy so free blocks are not copied.
+    pub trim: bool,
+    /// Keep `FILE.h2k-orig` copies of changed guest files inside the guest.
+    pub backup: bool,
+}
+
+impl Default for FixPlan {
+    fn default() -> Self {
+        FixPlan {
+            enabled: true,
+            fstab_mode: FstabMode::StabilizeAll,
+            update_grub: true,
+            initramfs: true,
+            force_initramfs: false,
+            remove_vmware_tools: false,
+            network_cleanup: true,
+            trim: true,
+            backup: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConvertPlan {
+    pub enabled: bool,
+    pub format: OutputFormat,
+    pub compress: bool,
+    pub compression_type: CompressionType,
+    /// zstd/zlib level when the format supports one (informational for qcow2).
+    pub compress_level: Option<u8>,
+}
+
+impl Default for ConvertPlan {
+    fn default() -> Self {
+        ConvertPlan {
+            enabled: true,
+            format: OutputFormat::Qcow2,
+            compress: false,
+            compression_type: CompressionType::Zstd,
+            compress_level: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValidatePlan {
+    pub enabled: bool,
+    /// `qemu-img check` the output.
+    pub check_image_integrity: bool,
+    /// Boot the output on virtio until a login prompt.
+    pub boot: bool,
+    pub boot_timeout_secs: u64,
+}
+
+impl Default for ValidatePlan {
+    fn default() -> Self {
+        ValidatePlan { enabled: true, check_image_integrity: true, boot: false, boot_timeout_secs: 300 }
+    }
+}
+
+/// Facts about the VM from the manifest (used for the boot check and the report).
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct VmPlan {
+    pub name: Option<String>,
+    pub provider: Option<String>,
+    pub cpu: Option<u32>,
+    pub mem_gb: Option<f64>,
+    pub firmware: Option<Firmware>,
+    pub os_hint: Option<String>,
+    pub nics: Vec<NicPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NicPlan {
+    pub mac: Option<String>,
+    pub network: Option<String>,
+}
+
+/// A whole job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub dialect: Dialect,
+    /// The manifest file, when there is one.
+    pub manifest_path: Option<PathBuf>,
+    /// A short name for logs, reports and the daemon's output directory.
+    pub job_name: String,
+    /// Boot disk first (boot_order_hint, then disk_type boot, then manifest order).
+    pub disks: Vec<DiskPlan>,
+    pub inspect: bool,
+    pub fix: FixPlan,
+    pub convert: ConvertPlan,
+    pub validate: ValidatePlan,
+    pub vm: VmPlan,
+    /// Directory outputs are confined to.
+    pub output_dir: PathBuf,
+    /// Unknown keys and other non-fatal remarks found while reading the manifest.
+    pub warnings: Vec<String>,
+}

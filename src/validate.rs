@@ -1,0 +1,1 @@
+//! VALIDATE: `qemu-img check` and booting an image until a login prompt.
