@@ -8,14 +8,17 @@
 
 pub mod accel;
 pub mod appliance;
+pub mod convert;
+pub mod fix;
 pub mod guestfs;
 pub mod inspect;
 pub mod inspect_cmd;
 pub mod load;
 pub mod logging;
-pub mod progress;
-pub mod version;
-pub mod fix;
 pub mod manifest;
+pub mod pipeline;
 pub mod plan;
+pub mod progress;
+pub mod report;
 pub mod validate;
+pub mod version;

@@ -1,14 +1,19 @@
 //! The `h2k-guest` command line. Errors end here as one line and an exit status
 //! (1 = the job failed, 2 = the command line was wrong).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use h2k_guest::accel::AccelChoice;
 use h2k_guest::appliance::ApplianceOptions;
-use h2k_guest::{inspect_cmd, logging, version};
+use h2k_guest::pipeline::{self, RunOptions};
+use h2k_guest::plan::{CompressionType, OutputFormat, Plan};
+use h2k_guest::{inspect_cmd, logging, manifest, version};
 
 #[derive(Parser, Debug)]
 #[command(name = "h2k-guest", version = version::LONG,
@@ -46,6 +51,91 @@ enum Commands {
         #[arg(long)]
         format: Option<String>,
     },
+    /// Repair a guest and write a KVM-ready image (from a manifest, or DISK -o OUT).
+    Fix(FixArgs),
+    /// Work with manifests.
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestCommand {
+    /// Check a manifest without running anything: print the plan it describes, or the error.
+    Validate {
+        file: PathBuf,
+        /// Directory relative output paths resolve under (default: the manifest's directory).
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// Print the resolved plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct FixArgs {
+    /// Source disk (vmdk, qcow2, raw, vhd, vhdx, vdi) or nbd:// URI; instead of --manifest.
+    #[arg(conflicts_with = "manifest", required_unless_present = "manifest")]
+    disk: Option<String>,
+    /// A manifest (seed format or HyperSDK Artifact Manifest v1.0; JSON or YAML).
+    #[arg(short, long)]
+    manifest: Option<PathBuf>,
+    /// Output image (required with DISK; with --manifest, overrides the boot disk's output).
+    #[arg(short, long, required_unless_present = "manifest")]
+    output: Option<PathBuf>,
+    /// Directory relative manifest outputs resolve under (default: the manifest's directory).
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Source image format (default: detected).
+    #[arg(long)]
+    format: Option<String>,
+    /// Output format.
+    #[arg(long, value_parser = ["qcow2", "raw"])]
+    output_format: Option<String>,
+    /// Compress the qcow2 output.
+    #[arg(long)]
+    compress: bool,
+    /// qcow2 compression algorithm (zlib for readers older than QEMU 5.1).
+    #[arg(long, value_parser = ["zstd", "zlib"])]
+    compression_type: Option<String>,
+    /// fstab rewrite mode.
+    #[arg(long, value_parser = ["stabilize-all", "bypath-only", "noop"])]
+    fstab_mode: Option<String>,
+    /// Leave GRUB alone.
+    #[arg(long)]
+    no_grub: bool,
+    /// Leave the initramfs alone.
+    #[arg(long)]
+    no_initramfs: bool,
+    /// Rebuild the initramfs even when virtio drivers are already in it.
+    #[arg(long)]
+    force_initramfs: bool,
+    /// Remove VMware Tools (open-vm-tools) from the guest.
+    #[arg(long)]
+    remove_vmware_tools: bool,
+    /// Keep MAC-pinned network configuration.
+    #[arg(long)]
+    no_network_cleanup: bool,
+    /// Do not trim free space before the copy.
+    #[arg(long)]
+    no_trim: bool,
+    /// Keep FILE.h2k-orig copies of changed guest files.
+    #[arg(long)]
+    backup: bool,
+    /// Skip `qemu-img check` of the output.
+    #[arg(long)]
+    no_check: bool,
+    /// Replace an existing output.
+    #[arg(long)]
+    overwrite: bool,
+    /// Record the source's sha256 in the report.
+    #[arg(long)]
+    checksum: bool,
+    /// Where to write the report (default: OUTPUT.report.json).
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 fn appliance_options(g: &GlobalArgs) -> ApplianceOptions {
@@ -72,7 +162,164 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Commands::Fix(args) => fix(args, &cli.global),
+        Commands::Manifest {
+            command:
+                ManifestCommand::Validate {
+                    file,
+                    output_dir,
+                    json,
+                },
+        } => {
+            let plan = manifest::load_manifest(&file, output_dir.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", describe_plan(&plan));
+            }
+            Ok(())
+        }
     }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("{}: cannot resolve path", p.display()))
+}
+
+fn plan_from_args(args: &FixArgs) -> Result<Plan> {
+    let mut plan = match (&args.manifest, &args.disk) {
+        (Some(m), _) => {
+            let out_dir = args.output_dir.as_deref().map(absolute).transpose()?;
+            let mut plan = manifest::load_manifest(m, out_dir.as_deref())?;
+            if let Some(o) = &args.output {
+                let o = absolute(o)?;
+                if let Some(parent) = o.parent() {
+                    plan.output_dir = parent.to_path_buf();
+                }
+                plan.disks[0].output = o;
+            }
+            plan
+        }
+        (None, Some(disk)) => {
+            let source = if disk.starts_with("nbd") {
+                disk.clone()
+            } else {
+                absolute(Path::new(disk))?.display().to_string()
+            };
+            let output = absolute(
+                args.output
+                    .as_deref()
+                    .expect("clap requires --output with DISK"),
+            )?;
+            Plan::for_single_disk(&source, args.format.clone(), output)
+        }
+        (None, None) => unreachable!("clap requires DISK or --manifest"),
+    };
+    if args.manifest.is_some() && args.format.is_some() {
+        plan.disks[0].format = args.format.clone();
+    }
+    if let Some(f) = &args.output_format {
+        plan.convert.format = if f == "raw" {
+            OutputFormat::Raw
+        } else {
+            OutputFormat::Qcow2
+        };
+    }
+    if args.compress {
+        plan.convert.compress = true;
+    }
+    if let Some(t) = &args.compression_type {
+        plan.convert.compression_type = if t == "zlib" {
+            CompressionType::Zlib
+        } else {
+            CompressionType::Zstd
+        };
+    }
+    if let Some(m) = &args.fstab_mode {
+        plan.fix.fstab_mode = m.parse().map_err(anyhow::Error::msg)?;
+    }
+    plan.fix.update_grub &= !args.no_grub;
+    plan.fix.initramfs &= !args.no_initramfs;
+    plan.fix.force_initramfs |= args.force_initramfs;
+    plan.fix.remove_vmware_tools |= args.remove_vmware_tools;
+    plan.fix.network_cleanup &= !args.no_network_cleanup;
+    plan.fix.trim &= !args.no_trim;
+    plan.fix.backup |= args.backup;
+    plan.validate.check_image_integrity &= !args.no_check;
+    Ok(plan)
+}
+
+/// Ctrl-C / SIGTERM set the cancel flag (the job stops at the next safe point and cleans
+/// up); a second one exits at once.
+fn cancel_on_signals() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag))?;
+        signal_hook::flag::register(sig, Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}
+
+fn fix(args: FixArgs, global: &GlobalArgs) -> Result<()> {
+    let plan = plan_from_args(&args)?;
+    for w in &plan.warnings {
+        log::warn!("{w}");
+    }
+    let opts = RunOptions {
+        appliance: appliance_options(global),
+        quiet: global.quiet,
+        cancel: cancel_on_signals()?,
+        checksum: args.checksum,
+        overwrite: args.overwrite,
+        report_path: args.report.as_deref().map(absolute).transpose()?,
+    };
+    match pipeline::run(&plan, &opts) {
+        Ok(report) => {
+            print!("{}", h2k_guest::report::summary(&report));
+            let path = opts
+                .report_path
+                .clone()
+                .unwrap_or_else(|| pipeline::default_report_path(&plan));
+            println!("report: {}", path.display());
+            Ok(())
+        }
+        Err(f) => Err(
+            anyhow::anyhow!("{} (report: {})", f.error, f.report_path.display())
+                .context(format!("{} failed in the {} stage", plan.job_name, f.stage)),
+        ),
+    }
+}
+
+fn describe_plan(plan: &Plan) -> String {
+    let mut o = format!("manifest ok: {:?} job {:?}\n", plan.dialect, plan.job_name);
+    for d in &plan.disks {
+        o += &format!(
+            "  disk {}: {} ({}) -> {}\n",
+            d.id,
+            d.source,
+            d.format.as_deref().unwrap_or("auto"),
+            d.output.display()
+        );
+    }
+    o += &format!(
+        "  fix: {} (fstab {:?}, grub {}, initramfs {}, vmware-tools removal {})\n",
+        plan.fix.enabled,
+        plan.fix.fstab_mode,
+        plan.fix.update_grub,
+        plan.fix.initramfs,
+        plan.fix.remove_vmware_tools
+    );
+    o += &format!(
+        "  convert: {} to {} (compress {})\n",
+        plan.convert.enabled,
+        plan.convert.format.as_str(),
+        plan.convert.compress
+    );
+    for w in &plan.warnings {
+        o += &format!("  warning: {w}\n");
+    }
+    o
 }
 
 fn main() -> ExitCode {

@@ -38,7 +38,9 @@ impl std::str::FromStr for FstabMode {
             "stabilize-all" => Ok(FstabMode::StabilizeAll),
             "bypath-only" => Ok(FstabMode::BypathOnly),
             "noop" => Ok(FstabMode::Noop),
-            other => Err(format!("unknown fstab mode {other:?} (expected stabilize-all, bypath-only or noop)")),
+            other => Err(format!(
+                "unknown fstab mode {other:?} (expected stabilize-all, bypath-only or noop)"
+            )),
         }
     }
 }
@@ -175,7 +177,12 @@ pub struct ValidatePlan {
 
 impl Default for ValidatePlan {
     fn default() -> Self {
-        ValidatePlan { enabled: true, check_image_integrity: true, boot: false, boot_timeout_secs: 300 }
+        ValidatePlan {
+            enabled: true,
+            check_image_integrity: true,
+            boot: false,
+            boot_timeout_secs: 300,
+        }
     }
 }
 
@@ -216,4 +223,85 @@ pub struct Plan {
     pub output_dir: PathBuf,
     /// Unknown keys and other non-fatal remarks found while reading the manifest.
     pub warnings: Vec<String>,
+}
+
+/// A job name safe for file names: `[A-Za-z0-9_.-]`, other characters → `_`.
+pub fn sanitize_job_name(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim_matches('.').to_string();
+    if trimmed.is_empty() {
+        "job".into()
+    } else {
+        trimmed
+    }
+}
+
+impl Plan {
+    /// The manifest-free form: one disk, one output, defaults for everything else.
+    pub fn for_single_disk(source: &str, format: Option<String>, output: PathBuf) -> Plan {
+        let output_dir = output
+            .parent()
+            .map(PathBuf::from)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let stem = output
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("disk")
+            .to_string();
+        Plan {
+            dialect: Dialect::Cli,
+            manifest_path: None,
+            job_name: sanitize_job_name(&stem),
+            disks: vec![DiskPlan {
+                id: sanitize_job_name(&stem),
+                source: source.to_string(),
+                format,
+                checksum: None,
+                disk_type: DiskType::Boot,
+                boot_order_hint: Some(0),
+                bytes: None,
+                output,
+            }],
+            inspect: true,
+            fix: FixPlan::default(),
+            convert: ConvertPlan::default(),
+            validate: ValidatePlan::default(),
+            vm: VmPlan::default(),
+            output_dir,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_names_are_file_name_safe() {
+        assert_eq!(sanitize_job_name("web-01.prod"), "web-01.prod");
+        assert_eq!(sanitize_job_name("my vm/../x"), "my_vm_.._x");
+        assert_eq!(sanitize_job_name(".."), "job");
+        assert_eq!(sanitize_job_name(""), "job");
+    }
+
+    #[test]
+    fn single_disk_plan_puts_outputs_beside_the_output() {
+        let p = Plan::for_single_disk("/src/vm.vmdk", None, PathBuf::from("/out/vm.qcow2"));
+        assert_eq!(p.output_dir, PathBuf::from("/out"));
+        assert_eq!(p.job_name, "vm");
+        assert_eq!(p.disks[0].output, PathBuf::from("/out/vm.qcow2"));
+        let rel = Plan::for_single_disk("/src/vm.vmdk", None, PathBuf::from("vm.qcow2"));
+        assert_eq!(rel.output_dir, PathBuf::from("."));
+    }
 }

@@ -1,5 +1,188 @@
 //! FIX: the guest repairs, each a small unit that reads a guest file, computes the new text
-//! with a pure function, writes it back and records the diff.
+//! with a pure function (unit-tested in its module), writes it back and records the diff.
+//!
+//! All steps run in the one appliance the pipeline launched, on the writable overlay; the
+//! guest's own binaries (grub-mkconfig, update-initramfs, dracut) run chrooted in it.
 
 pub mod fstab;
 pub mod grub;
+pub mod initramfs;
+pub mod network;
+pub mod vmware_tools;
+
+use std::time::Instant;
+
+use crate::guestfs::{Guestfs, GuestfsError};
+use crate::inspect::OsInfo;
+use crate::report::{unified_diff, FileChange, FixRecord, FixStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FixError {
+    #[error("{step}: {path}: {cause}")]
+    File {
+        step: &'static str,
+        path: String,
+        cause: GuestfsError,
+    },
+    #[error("{step}: {cause}")]
+    Guestfs {
+        step: &'static str,
+        cause: GuestfsError,
+    },
+    #[error("{step}: {message}")]
+    Failed { step: &'static str, message: String },
+}
+
+/// What every fix step gets: the appliance, what inspection found, and job-wide choices.
+pub struct Guest<'a> {
+    pub g: &'a Guestfs,
+    pub os: &'a OsInfo,
+    /// Number of disks attached (device-name guesses are only safe with one).
+    pub disk_count: usize,
+    /// Keep `PATH.h2k-orig` next to every changed file.
+    pub backup: bool,
+}
+
+impl Guest<'_> {
+    /// Wrap a libguestfs error with the step it happened in.
+    pub fn err(step: &'static str) -> impl Fn(GuestfsError) -> FixError {
+        move |cause| FixError::Guestfs { step, cause }
+    }
+
+    /// Read `path`, let `transform` compute the new text, and write it back if it changed.
+    /// Returns the change (with its diff) or None when the text is already right.
+    pub fn edit_file(
+        &self,
+        step: &'static str,
+        path: &str,
+        note: &str,
+        transform: impl FnOnce(&str) -> String,
+    ) -> Result<Option<FileChange>, FixError> {
+        let file_err = |cause| FixError::File {
+            step,
+            path: path.to_string(),
+            cause,
+        };
+        let old = self.g.read_to_string(path).map_err(file_err)?;
+        let new = transform(&old);
+        if new == old {
+            return Ok(None);
+        }
+        if self.backup {
+            self.g
+                .cp(path, &format!("{path}.h2k-orig"))
+                .map_err(file_err)?;
+        }
+        self.g.write(path, new.as_bytes()).map_err(file_err)?;
+        Ok(Some(FileChange {
+            path: path.to_string(),
+            diff: unified_diff(path, &old, &new),
+            note: note.to_string(),
+        }))
+    }
+
+    /// Delete a guest file, recording its old content as the diff.
+    pub fn remove_file(
+        &self,
+        step: &'static str,
+        path: &str,
+        note: &str,
+    ) -> Result<FileChange, FixError> {
+        let file_err = |cause| FixError::File {
+            step,
+            path: path.to_string(),
+            cause,
+        };
+        let old = self.g.read_to_string(path).map_err(file_err)?;
+        if self.backup {
+            self.g
+                .mv(path, &format!("{path}.h2k-orig"))
+                .map_err(file_err)?;
+        } else {
+            self.g.rm(path).map_err(file_err)?;
+        }
+        Ok(FileChange {
+            path: path.to_string(),
+            diff: unified_diff(path, &old, ""),
+            note: note.to_string(),
+        })
+    }
+
+    pub fn is_file(&self, step: &'static str, path: &str) -> Result<bool, FixError> {
+        self.g.is_file(path).map_err(|cause| FixError::File {
+            step,
+            path: path.into(),
+            cause,
+        })
+    }
+
+    /// The first of `candidates` that exists in the guest.
+    pub fn find_binary(&self, candidates: &[&str]) -> Option<String> {
+        candidates
+            .iter()
+            .find(|p| self.g.is_file(p).unwrap_or(false))
+            .map(|s| s.to_string())
+    }
+}
+
+/// Build a [`FixRecord`] from a step's file changes.
+pub fn record(name: &str, started: Instant, files: Vec<FileChange>, summary: String) -> FixRecord {
+    FixRecord {
+        name: name.into(),
+        status: if files.is_empty() {
+            FixStatus::Unchanged
+        } else {
+            FixStatus::Changed
+        },
+        summary,
+        files,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// A step that did not run, and why.
+pub fn skipped(name: &str, why: &str) -> FixRecord {
+    FixRecord {
+        name: name.into(),
+        status: FixStatus::Skipped,
+        summary: why.into(),
+        files: Vec::new(),
+        seconds: 0.0,
+    }
+}
+
+/// Run every enabled fix in order. fstab first (the initramfs and GRUB read it), then the
+/// initramfs, then GRUB (grub-mkconfig lists the rebuilt initramfs), then the optional ones.
+pub fn apply_all(
+    guest: &Guest,
+    plan: &crate::plan::FixPlan,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<FixRecord>, FixError> {
+    let mut records = Vec::new();
+    if !plan.enabled {
+        records.push(skipped("fix", "fix stage disabled"));
+        return Ok(records);
+    }
+    records.push(fstab::run(guest, plan.fstab_mode, warnings)?);
+    if plan.initramfs {
+        records.push(initramfs::run(guest, plan.force_initramfs, warnings)?);
+    } else {
+        records.push(skipped("initramfs", "disabled"));
+    }
+    if plan.update_grub {
+        records.push(grub::run(guest, warnings)?);
+    } else {
+        records.push(skipped("grub", "disabled"));
+    }
+    if plan.network_cleanup {
+        records.push(network::run(guest)?);
+    } else {
+        records.push(skipped("network", "disabled"));
+    }
+    if plan.remove_vmware_tools {
+        records.push(vmware_tools::run(guest)?);
+    } else {
+        records.push(skipped("vmware-tools", "not requested"));
+    }
+    Ok(records)
+}

