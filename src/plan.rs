@@ -237,7 +237,8 @@ pub fn sanitize_job_name(s: &str) -> String {
             }
         })
         .collect();
-    let trimmed = cleaned.trim_matches('.').to_string();
+    // No leading '-' (read as an option) or '.', and short enough for one path component.
+    let trimmed: String = cleaned.trim_start_matches(['.', '-']).trim_end_matches('.').chars().take(64).collect();
     if trimmed.is_empty() {
         "job".into()
     } else {
@@ -293,6 +294,8 @@ mod tests {
         assert_eq!(sanitize_job_name("my vm/../x"), "my_vm_.._x");
         assert_eq!(sanitize_job_name(".."), "job");
         assert_eq!(sanitize_job_name(""), "job");
+        assert_eq!(sanitize_job_name("--rm"), "rm");
+        assert_eq!(sanitize_job_name(&"x".repeat(300)).len(), 64);
     }
 
     #[test]
