@@ -486,6 +486,10 @@ impl Guestfs {
     string_call!(vfs_uuid => guestfs_vfs_uuid(mountable));
     string_call!(vfs_label => guestfs_vfs_label(mountable));
     list_call!(list_partitions => guestfs_list_partitions());
+    list_call!(
+        /// The attached disks as the appliance names them (/dev/sda, /dev/sdb, …).
+        list_devices => guestfs_list_devices()
+    );
     list_call!(lvs => guestfs_lvs());
     string_call!(part_to_dev => guestfs_part_to_dev(partition));
 

@@ -120,10 +120,35 @@ pub fn find_roots(g: &Guestfs) -> Result<Vec<String>, InspectError> {
     Ok(roots)
 }
 
+/// The guest's mountpoints with each device as the appliance names it. libguestfs resolves
+/// `/dev/sdX`, `UUID=` and `LABEL=` itself but passes `/dev/disk/by-path/…` and
+/// `/dev/disk/by-id/…` through unchanged; those are mapped by their partition number.
+pub fn resolved_mountpoints(
+    g: &Guestfs,
+    root: &str,
+) -> Result<Vec<(String, String)>, GuestfsError> {
+    let known: Vec<String> = g.list_filesystems()?.into_iter().map(|(d, _)| d).collect();
+    let disk_count = g.list_devices()?.len();
+    Ok(g.inspect_get_mountpoints(root)?
+        .into_iter()
+        .map(|(mp, dev)| {
+            if known.contains(&dev) {
+                return (mp, dev);
+            }
+            match crate::fix::fstab::appliance_device_for(&dev, disk_count)
+                .filter(|d| known.contains(d))
+            {
+                Some(resolved) => (mp, resolved),
+                None => (mp, dev),
+            }
+        })
+        .collect())
+}
+
 /// Mount the guest's filesystems for `root` at their mountpoints (shortest path first).
 /// Filesystems that fail to mount (e.g. a stale fstab entry) are skipped with a warning.
 pub fn mount_guest(g: &Guestfs, root: &str) -> Result<Vec<String>, InspectError> {
-    let mut mps = g.inspect_get_mountpoints(root)?;
+    let mut mps = resolved_mountpoints(g, root)?;
     mps.sort_by_key(|(mp, _)| mp.len());
     let mut warnings = Vec::new();
     for (mp, dev) in mps {
@@ -139,8 +164,7 @@ pub fn mount_guest(g: &Guestfs, root: &str) -> Result<Vec<String>, InspectError>
 
 /// Inspect one root; the guest must be mounted (see [`mount_guest`]).
 pub fn inspect_root(g: &Guestfs, root: &str) -> Result<OsInfo, InspectError> {
-    let mountpoints: Vec<Mountpoint> = g
-        .inspect_get_mountpoints(root)?
+    let mountpoints: Vec<Mountpoint> = resolved_mountpoints(g, root)?
         .into_iter()
         .map(|(mountpoint, device)| Mountpoint { mountpoint, device })
         .collect();

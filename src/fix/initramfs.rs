@@ -51,10 +51,20 @@ pub fn ensure_modules_listed(text: &str, modules: &[&str]) -> String {
     out
 }
 
-/// The dracut drop-in that keeps virtio drivers in future initramfs images.
+/// The dracut drop-in that keeps virtio drivers in future initramfs images. dracut drops any
+/// driver matching `omit_drivers` even when it is in `add_drivers`, so virtio patterns are
+/// also taken out of an `omit_drivers` set by earlier drop-ins (this one sorts after them).
+/// `read -a` splits without glob expansion, so patterns like `virtio.*` stay literal.
 pub fn dracut_conf(modules: &[&str]) -> String {
     format!(
-        "# added by h2k-guest: virtio drivers for booting on KVM\nadd_drivers+=\" {} \"\n",
+        "# added by h2k-guest: virtio drivers for booting on KVM\n\
+add_drivers+=\" {} \"\n\
+read -r -a _h2k_omit <<< \"$omit_drivers\"\n\
+omit_drivers=\" \"\n\
+for _h2k_d in \"${{_h2k_omit[@]}}\"; do\n\
+    case \"$_h2k_d\" in virtio*) ;; *) omit_drivers+=\"$_h2k_d \" ;; esac\n\
+done\n\
+unset _h2k_omit _h2k_d\n",
         modules.join(" ")
     )
 }
@@ -288,9 +298,42 @@ mod tests {
         );
     }
 
+    /// Source the drop-in with bash after a config that omits virtio, as dracut does.
+    fn dracut_sees(earlier_conf: &str) -> (String, String) {
+        let script = format!(
+            "{earlier_conf}\n{}\necho \"add=[$add_drivers]\"; echo \"omit=[$omit_drivers]\"",
+            dracut_conf(&["virtio_blk", "virtio_pci"])
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // A file a glob like virtio.* would match: the drop-in must not expand it.
+        std::fs::write(dir.path().join("virtio.x"), "").unwrap();
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        (
+            lines.next().unwrap().to_string(),
+            lines.next().unwrap().to_string(),
+        )
+    }
+
     #[test]
-    fn dracut_conf_lists_drivers_with_spaces_around() {
-        assert_eq!(dracut_conf(&["virtio_blk", "virtio_pci"]), "# added by h2k-guest: virtio drivers for booting on KVM\nadd_drivers+=\" virtio_blk virtio_pci \"\n");
+    fn dracut_conf_adds_drivers_and_lifts_virtio_omissions() {
+        let (add, omit) =
+            dracut_sees("add_drivers+=\" ahci \"\nomit_drivers+=\" virtio.* floppy \"");
+        assert_eq!(add, "add=[ ahci  virtio_blk virtio_pci ]");
+        assert_eq!(omit, "omit=[ floppy ]");
+    }
+
+    #[test]
+    fn dracut_conf_without_earlier_omissions_is_harmless() {
+        let (add, omit) = dracut_sees("");
+        assert_eq!(add, "add=[ virtio_blk virtio_pci ]");
+        assert_eq!(omit.trim(), "omit=[ ]");
     }
 
     #[test]
