@@ -22,3 +22,5 @@ pub mod progress;
 pub mod report;
 pub mod validate;
 pub mod version;
+pub mod daemon;
+pub mod workflow;

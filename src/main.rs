@@ -58,6 +58,47 @@ enum Commands {
         #[command(subcommand)]
         command: ManifestCommand,
     },
+    /// Watch a spool directory and fix every manifest dropped into DIR/to_be_processed/.
+    ///
+    /// DIR/to_be_processed/ → processing/ → processed/YYYY-MM-DD/NAME (+ NAME.report.json) or
+    /// failed/YYYY-MM-DD/NAME (+ NAME.error.json); outputs go to OUTPUT_DIR/YYYY-MM-DD/JOB/.
+    /// Submit atomically: write the manifest under a dotfile or *.tmp name (or elsewhere on the
+    /// same file system) and rename it to NAME.json, or use `h2k-guest workflow submit`.
+    /// SIGTERM/SIGINT: no new work, running jobs aborted and re-queued (--on-stop finish: let
+    /// them finish), exit 0. A daemon killed with -9 loses nothing: the next start re-queues
+    /// its jobs.
+    Daemon(DaemonArgs),
+    /// Look at a daemon's spool directory (status, queue, list) or submit a manifest to it.
+    Workflow {
+        #[command(subcommand)]
+        command: WorkflowCommand,
+    },
+    /// Check an image with qemu-img check, or boot it (--boot) until a login prompt.
+    Validate {
+        /// Disk image (qcow2, vmdk, raw, vhd, vhdx, vdi) or an nbd:// URI; never written.
+        image: String,
+        /// Boot it under QEMU on a throw-away overlay and wait for `login:` on the serial console.
+        #[arg(long)]
+        boot: bool,
+        /// Firmware: auto picks UEFI when the disk has an EFI system partition.
+        #[arg(long, default_value = "auto", requires = "boot", value_parser = ["auto", "bios", "uefi"])]
+        firmware: String,
+        /// Seconds to wait for the login prompt.
+        #[arg(long, value_name = "S", default_value_t = 300, requires = "boot")]
+        timeout: u64,
+        /// Disk controller: virtio, virtio-scsi, pvscsi (VMware's), lsi, sata.
+        #[arg(long, default_value = "virtio", requires = "boot")]
+        bus: h2k_guest::validate::Bus,
+        /// Image format, when it should not be detected.
+        #[arg(long)]
+        format: Option<String>,
+        /// Keep the guest's serial console in FILE (default: a temp file, kept on failure).
+        #[arg(long, value_name = "FILE", requires = "boot")]
+        console_log: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +188,9 @@ fn appliance_options(g: &GlobalArgs) -> ApplianceOptions {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Commands::Daemon(args) = &cli.command {
+        return daemon_cmd(args, &cli.global); // the daemon installs its own logger
+    }
     logging::init(cli.global.verbose.max(1), None).context("cannot set up logging")?;
     match cli.command {
         Commands::Inspect { disk, json, format } => {
@@ -163,6 +207,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Commands::Fix(args) => fix(args, &cli.global),
+        Commands::Daemon(_) => unreachable!("handled above"),
+        Commands::Workflow { command } => workflow_cmd(command),
         Commands::Manifest {
             command:
                 ManifestCommand::Validate {
@@ -177,6 +223,46 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", describe_plan(&plan));
             }
+            Ok(())
+        }
+        Commands::Validate {
+            image,
+            boot,
+            firmware,
+            timeout,
+            bus,
+            format,
+            console_log,
+            json,
+        } => {
+            use h2k_guest::validate;
+            if !boot {
+                let check = validate::check_image_as(&image, format.as_deref())?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&check)?);
+                } else if check.clean {
+                    println!("{}", check.summary());
+                }
+                anyhow::ensure!(check.clean, "{}", check.summary());
+                return Ok(());
+            }
+            let outcome = validate::boot_check(&validate::BootOptions {
+                image,
+                format,
+                bus,
+                firmware: firmware.parse().map_err(anyhow::Error::msg)?,
+                accel: cli.global.accel,
+                timeout: std::time::Duration::from_secs(timeout),
+                console_log,
+                cancel: Some(cancel_on_signals()?),
+                ..Default::default()
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else if outcome.booted {
+                println!("{}", outcome.summary());
+            }
+            anyhow::ensure!(outcome.booted, "{}", outcome.summary());
             Ok(())
         }
     }
@@ -320,6 +406,148 @@ fn describe_plan(plan: &Plan) -> String {
         o += &format!("  warning: {w}\n");
     }
     o
+}
+
+#[derive(Args, Debug)]
+struct DaemonArgs {
+    /// YAML configuration with the seed's keys (manifest_workflow_dir, output_dir,
+    /// max_concurrent_jobs, log_file, verbose; also on_stop, max_attempts, max_manifest_bytes).
+    /// Flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Spool directory (to_be_processed/, processing/, processed/, failed/ are made in it)
+    /// [default: the config's manifest_workflow_dir, else $H2K_WORKFLOW_DIR, else
+    /// /var/lib/h2k-guest/workflow].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Where outputs go, as OUTPUT_DIR/YYYY-MM-DD/JOB/ [default: /var/lib/h2k-guest/output].
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// Jobs run at once (each in its own appliance) [default: 1].
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Also log to FILE.
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// On SIGTERM/SIGINT: abort running jobs (re-queued) or let them finish [default: abort].
+    #[arg(long, value_parser = ["abort", "finish"])]
+    on_stop: Option<String>,
+    /// Tries of one manifest (daemon crashes included) before it is filed as failed [default: 3].
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct SpoolArgs {
+    /// Spool directory [default: the config's manifest_workflow_dir, else $H2K_WORKFLOW_DIR,
+    /// else /var/lib/h2k-guest/workflow].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Take the spool directory from the daemon's configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkflowCommand {
+    /// Is a daemon running on the spool (pid, since when, jobs with stage and elapsed time)?
+    Status {
+        #[command(flatten)]
+        spool: SpoolArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts: to be processed, processing, processed today, failed today.
+    Queue {
+        #[command(flatten)]
+        spool: SpoolArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Jobs with their status and duration (filed ones, then processing and queued).
+    List {
+        #[command(flatten)]
+        spool: SpoolArgs,
+        /// Only failed jobs.
+        #[arg(long, conflicts_with = "processed")]
+        failed: bool,
+        /// Only processed jobs.
+        #[arg(long)]
+        processed: bool,
+        /// Only jobs filed on or after DATE (YYYY-MM-DD, UTC).
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit manifests atomically (copied under a hidden temp name, then renamed in).
+    Submit {
+        #[arg(required = true, value_name = "MANIFEST")]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        spool: SpoolArgs,
+    },
+}
+
+fn daemon_cmd(args: &DaemonArgs, global: &GlobalArgs) -> Result<()> {
+    use h2k_guest::daemon;
+    let overrides = daemon::Overrides {
+        config: args.config.clone(),
+        dir: args.dir.clone(),
+        output_dir: args.output_dir.clone(),
+        jobs: args.jobs,
+        log_file: args.log_file.clone(),
+        verbose: global.verbose,
+        on_stop: args.on_stop.as_deref().map(|s| s.parse().map_err(anyhow::Error::msg)).transpose()?,
+        max_attempts: args.max_attempts,
+        accel: global.accel,
+    };
+    let (cfg, warnings) = daemon::resolve(&overrides).map_err(anyhow::Error::msg)?;
+    daemon::run(cfg, warnings)
+}
+
+fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
+    use h2k_guest::daemon::spool::Spool;
+    use h2k_guest::workflow;
+    let spool_of = |a: &SpoolArgs| -> Result<Spool> {
+        let dir = h2k_guest::daemon::spool_dir(a.dir.as_deref(), a.config.as_deref()).map_err(anyhow::Error::msg)?;
+        Ok(Spool::new(&dir))
+    };
+    match cmd {
+        WorkflowCommand::Status { spool, json } => {
+            let st = workflow::status(&spool_of(&spool)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", workflow::render_status(&st));
+            }
+        }
+        WorkflowCommand::Queue { spool, json } => {
+            let q = workflow::queue(&spool_of(&spool)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&q)?);
+            } else {
+                print!("{}", workflow::render_queue(&q));
+            }
+        }
+        WorkflowCommand::List { spool, failed, processed, since, json } => {
+            let filter = workflow::ListFilter { failed, processed };
+            let entries = workflow::list(&spool_of(&spool)?, filter, since.as_deref()).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", workflow::render_list(&entries));
+            }
+        }
+        WorkflowCommand::Submit { files, spool } => {
+            let sp = spool_of(&spool)?;
+            for f in &files {
+                let dest = workflow::submit(&sp, f).map_err(anyhow::Error::msg)?;
+                println!("submitted {} as {}", f.display(), dest.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

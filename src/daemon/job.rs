@@ -1,0 +1,379 @@
+//! One claimed manifest, from `processing/` to `processed/` or `failed/` (or back to
+//! `to_be_processed/` when a shutdown interrupts it): read the manifest with the job's output
+//! directory, run the pipeline (its own appliance), file the manifest with its report or error.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::joblog::JobCtx;
+use super::spool::{self, Claimed, LedgerEntry, Spool};
+use super::{DaemonConfig, OnStop};
+use crate::pipeline::{self, PipelineError, RunOptions};
+use crate::report::{now_rfc3339, Report};
+
+/// What the worker threads share with the main loop.
+pub struct Shared {
+    pub spool: Spool,
+    pub cfg: DaemonConfig,
+    /// Set when running jobs must stop (shutdown with on_stop=abort, or a second signal).
+    pub cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Processed,
+    Failed,
+    /// Back in `to_be_processed/` (interrupted by a shutdown).
+    Requeued,
+    /// Could not be filed at all (I/O error); left in `processing/` for recovery.
+    Stuck,
+}
+
+/// Everything the main loop decided about a job before starting its thread.
+pub struct JobSpec {
+    pub job_id: String,
+    pub job: String,
+    pub claimed: Claimed,
+    pub ledger: LedgerEntry,
+    /// `O/DATE/JOB`, or why it could not be made.
+    pub output_dir: Result<PathBuf, String>,
+    /// A retry reusing the directory of an earlier attempt (outputs may be replaced).
+    pub reused_dir: bool,
+    pub ctx: Arc<JobCtx>,
+}
+
+enum Verdict {
+    Success(Box<Report>),
+    Failure {
+        stage: String,
+        error: String,
+        report: Option<Box<Report>>,
+        report_path: Option<PathBuf>,
+    },
+    /// Stopped by a shutdown before it finished: goes back to the queue.
+    Interrupted {
+        stage: String,
+    },
+}
+
+/// Run the job and file it. Never panics (a panic in the pipeline is filed as a failure).
+pub fn run(shared: &Shared, spec: JobSpec) -> Outcome {
+    let started = std::time::Instant::now();
+    let verdict =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(shared, &spec))) {
+            Ok(v) => v,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Verdict::Failure {
+                    stage: spec.ctx.stage().0,
+                    error: format!("internal error (please report): {msg}"),
+                    report: None,
+                    report_path: None,
+                }
+            }
+        };
+    let seconds = started.elapsed().as_secs_f64();
+    let outcome = file(shared, &spec, verdict, seconds);
+    if outcome != Outcome::Stuck {
+        if let Ok(dir) = &spec.output_dir {
+            // A job that failed before writing anything leaves no empty directory behind.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    outcome
+}
+
+fn execute(shared: &Shared, spec: &JobSpec) -> Verdict {
+    let cfg = &shared.cfg;
+    let fail = |stage: &str, error: String| Verdict::Failure {
+        stage: stage.into(),
+        error,
+        report: None,
+        report_path: None,
+    };
+    let name = spec.claimed.original.to_string_lossy().into_owned();
+    spec.ctx.set_stage("manifest");
+    let out_dir = match &spec.output_dir {
+        Ok(d) => d.clone(),
+        Err(e) => return fail("output", e.clone()),
+    };
+    let size = spec.claimed.key.size;
+    if size > cfg.max_manifest_bytes {
+        return fail(
+            "manifest",
+            format!(
+                "{name}: {size} bytes ({:.1} MiB) is too big for a manifest (limit {} bytes, max_manifest_bytes); is this the right file?",
+                size as f64 / (1u64 << 20) as f64,
+                cfg.max_manifest_bytes
+            ),
+        );
+    }
+    let plan = match crate::manifest::load_manifest(&spec.claimed.path, Some(&out_dir)) {
+        Ok(p) => p,
+        Err(e) => {
+            // Errors name the file by its processing/ path; the user knows it by its name.
+            let msg = e
+                .to_string()
+                .replace(&spec.claimed.path.display().to_string(), &name);
+            return fail("manifest", msg);
+        }
+    };
+    for w in &plan.warnings {
+        log::warn!("{name}: {w}");
+    }
+    log::info!(
+        "processing manifest {name} ({:?}, {} disk{}): outputs in {}",
+        plan.dialect,
+        plan.disks.len(),
+        if plan.disks.len() == 1 { "" } else { "s" },
+        out_dir.display()
+    );
+    if shared.cancel.load(Ordering::SeqCst) {
+        return Verdict::Interrupted {
+            stage: "manifest".into(),
+        };
+    }
+    let opts = RunOptions {
+        appliance: cfg.appliance.clone(),
+        quiet: true,
+        cancel: Arc::clone(&shared.cancel),
+        checksum: false,
+        overwrite: spec.reused_dir,
+        report_path: None,
+    };
+    match pipeline::run(&plan, &opts) {
+        Ok(report) => Verdict::Success(Box::new(report)),
+        Err(f) => {
+            let cancelled = matches!(f.error, PipelineError::Cancelled);
+            // With on_stop=abort, a job that fails once the stop began was most likely killed
+            // by it (Ctrl-C reaches qemu too): run it again rather than file a false failure.
+            if cancelled || (shared.cancel.load(Ordering::SeqCst) && cfg.on_stop == OnStop::Abort) {
+                if !cancelled {
+                    log::warn!(
+                        "{} stage failed during shutdown ({}); re-queueing",
+                        f.stage,
+                        f.error
+                    );
+                }
+                return Verdict::Interrupted { stage: f.stage };
+            }
+            Verdict::Failure {
+                stage: f.stage.clone(),
+                error: f.error.to_string(),
+                report: Some(Box::new(f.report)),
+                report_path: Some(f.report_path),
+            }
+        }
+    }
+}
+
+fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outcome {
+    let sp = &shared.spool;
+    let original = spec.claimed.original.as_os_str();
+    let name = original.to_string_lossy().into_owned();
+    let date = spool::today();
+    let out_dir = spec
+        .output_dir
+        .as_ref()
+        .ok()
+        .map(|p| p.display().to_string());
+    match verdict {
+        Verdict::Success(report) => {
+            spec.ctx.set_stage("file");
+            let mut base = serde_json::to_value(&*report).unwrap_or(Value::Null);
+            let dir = sp.processed().join(&date);
+            let result = spool::file_with_sidecar(
+                &spec.claimed.path,
+                &dir,
+                original,
+                spool::REPORT_SUFFIX,
+                &mut |filed: &OsStr| {
+                    if let Some(p) = base.pointer_mut("/plan/manifest_path") {
+                        *p = json!(dir.join(filed));
+                    }
+                    if let Value::Object(m) = &mut base {
+                        m.insert("job_id".into(), json!(spec.job_id));
+                        m.insert("manifest".into(), json!(name));
+                        m.insert("filed_as".into(), json!(dir.join(filed)));
+                        m.insert("completed_at".into(), json!(now_rfc3339()));
+                        m.insert("duration_seconds".into(), json!(round(seconds)));
+                        m.insert("attempts".into(), json!(spec.ledger.attempts));
+                        m.insert("output_dir".into(), json!(out_dir));
+                        m.insert("daemon_pid".into(), json!(std::process::id()));
+                    }
+                    serde_json::to_vec_pretty(&base).unwrap_or_default()
+                },
+            );
+            match result {
+                Ok(filed) => {
+                    spool::ledger_remove(sp, &spec.claimed.key);
+                    log::info!(
+                        "job completed: {} in {:.1} s; manifest and report in {}; outputs in {}",
+                        spec.job,
+                        seconds,
+                        rel(sp, &filed),
+                        out_dir.as_deref().unwrap_or("-")
+                    );
+                    Outcome::Processed
+                }
+                Err(e) => {
+                    log::error!("cannot file {name} as processed: {e}; it stays in processing/ for recovery");
+                    Outcome::Stuck
+                }
+            }
+        }
+        Verdict::Failure {
+            stage,
+            error,
+            report,
+            report_path,
+        } => {
+            log::error!("job failed in the {stage} stage: {error}");
+            let info = FailureInfo {
+                stage: &stage,
+                error: &error,
+                seconds,
+                report: report.as_deref(),
+                report_path: report_path.as_deref(),
+                tail: spec.ctx.tail(),
+            };
+            file_failure(
+                sp,
+                &spec.claimed,
+                &spec.job_id,
+                &spec.job,
+                &spec.ledger,
+                spec.output_dir.as_ref().ok().map(|p| p.as_path()),
+                &info,
+            )
+        }
+        Verdict::Interrupted { stage } => {
+            let mut ledger = spec.ledger.clone();
+            ledger.attempts = ledger.attempts.saturating_sub(1);
+            ledger.history.push(format!(
+                "{}: interrupted by a daemon shutdown in the {stage} stage (pid {})",
+                now_rfc3339(),
+                std::process::id()
+            ));
+            spool::ledger_write(sp, &spec.claimed.key, &ledger);
+            if let Ok(d) = &spec.output_dir {
+                spool::clean_job_leftovers(d);
+            }
+            match spool::move_unique(&spec.claimed.path, &sp.to_be_processed(), original) {
+                Ok(p) => {
+                    log::warn!(
+                        "interrupted in the {stage} stage by the shutdown: re-queued as {}",
+                        rel(sp, &p)
+                    );
+                    Outcome::Requeued
+                }
+                Err(e) => {
+                    log::error!(
+                        "cannot re-queue {name}: {e}; it stays in processing/ for recovery"
+                    );
+                    Outcome::Stuck
+                }
+            }
+        }
+    }
+}
+
+pub struct FailureInfo<'a> {
+    pub stage: &'a str,
+    pub error: &'a str,
+    pub seconds: f64,
+    pub report: Option<&'a Report>,
+    pub report_path: Option<&'a Path>,
+    pub tail: Vec<String>,
+}
+
+/// File a claimed manifest under `failed/DATE/` with its `error.json`.
+pub fn file_failure(
+    sp: &Spool,
+    claimed: &Claimed,
+    job_id: &str,
+    job: &str,
+    ledger: &LedgerEntry,
+    output_dir: Option<&Path>,
+    info: &FailureInfo,
+) -> Outcome {
+    let original = claimed.original.as_os_str();
+    let name = original.to_string_lossy().into_owned();
+    let dir = sp.failed().join(spool::today());
+    let out_dir = output_dir.filter(|d| d.is_dir() && dir_has_entries(d));
+    let result = spool::file_with_sidecar(
+        &claimed.path,
+        &dir,
+        original,
+        spool::ERROR_SUFFIX,
+        &mut |filed: &OsStr| {
+            let mut v = json!({
+                "job_id": job_id,
+                "job": job,
+                "manifest": name,
+                "filed_as": dir.join(filed),
+                "status": "failed",
+                "failed_at": now_rfc3339(),
+                "stage": info.stage,
+                "error": truncate(info.error, 4000),
+                "attempts": ledger.attempts,
+                "duration_seconds": round(info.seconds),
+                "daemon_pid": std::process::id(),
+                "output_dir": out_dir,
+                "report_path": info.report_path,
+                "history": ledger.history,
+                "log_tail": info.tail,
+                "report": info.report,
+            });
+            if let Some(p) = v.pointer_mut("/report/plan/manifest_path") {
+                *p = json!(dir.join(filed));
+            }
+            serde_json::to_vec_pretty(&v).unwrap_or_default()
+        },
+    );
+    match result {
+        Ok(filed) => {
+            spool::ledger_remove(sp, &claimed.key);
+            log::info!("filed as {} with its error report", rel(sp, &filed));
+            Outcome::Failed
+        }
+        Err(e) => {
+            log::error!("cannot file {name} as failed: {e}; it stays in processing/ for recovery");
+            Outcome::Stuck
+        }
+    }
+}
+
+fn dir_has_entries(d: &Path) -> bool {
+    std::fs::read_dir(d)
+        .map(|mut r| r.next().is_some())
+        .unwrap_or(false)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes more)", &s[..end], s.len() - end)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// A path relative to the spool root, for log lines.
+pub fn rel(sp: &Spool, p: &Path) -> String {
+    p.strip_prefix(&sp.root).unwrap_or(p).display().to_string()
+}

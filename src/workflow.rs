@@ -1,0 +1,506 @@
+//! `h2k-guest workflow status|queue|list|submit`: read a spool directory back (the seed's
+//! `hyperctl workflow -op status|queue`) and submit manifests to it atomically. Nothing here
+//! needs the daemon to be running; everything is read from the directory and the daemon's
+//! state file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::daemon::spool::{self, Spool};
+use crate::daemon::state::{self, DaemonState};
+
+/// `workflow queue`: how many manifests are where.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub dir: PathBuf,
+    /// The UTC date the dated counts are for.
+    pub date: String,
+    pub to_be_processed: usize,
+    pub processing: usize,
+    pub processed_today: usize,
+    pub failed_today: usize,
+}
+
+pub fn queue(sp: &Spool) -> QueueCounts {
+    let date = spool::today();
+    QueueCounts {
+        dir: sp.root.clone(),
+        to_be_processed: spool::visible_entries(&sp.to_be_processed()).len(),
+        processing: spool::visible_entries(&sp.processing()).len(),
+        processed_today: spool::filed_manifests(&sp.processed().join(&date)).len(),
+        failed_today: spool::filed_manifests(&sp.failed().join(&date)).len(),
+        date,
+    }
+}
+
+pub fn render_queue(q: &QueueCounts) -> String {
+    format!(
+        "Spool: {}\nTo Be Processed: {}\nProcessing: {}\nProcessed (today, {}): {}\nFailed (today, {}): {}\n",
+        q.dir.display(),
+        q.to_be_processed,
+        q.processing,
+        q.date,
+        q.processed_today,
+        q.date,
+        q.failed_today
+    )
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub job_id: String,
+    pub job: String,
+    pub manifest: String,
+    pub stage: String,
+    pub elapsed_seconds: f64,
+    pub stage_elapsed_seconds: f64,
+    pub attempt: u32,
+    pub output_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub state: String,
+    pub started_at: String,
+    pub uptime_seconds: f64,
+    pub updated_at: String,
+    pub output_dir: PathBuf,
+    pub log_file: Option<PathBuf>,
+    pub max_concurrent_jobs: usize,
+    pub on_stop: String,
+    pub processed: u64,
+    pub failed: u64,
+    pub requeued: u64,
+    pub jobs: Vec<JobStatus>,
+}
+
+/// `workflow status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub dir: PathBuf,
+    pub running: bool,
+    pub daemons: Vec<DaemonStatus>,
+    /// Pids of daemons that left a state file and are gone (killed).
+    pub stale: Vec<u32>,
+    pub queue: QueueCounts,
+}
+
+fn secs(x: f64) -> f64 {
+    (x.max(0.0) * 10.0).round() / 10.0
+}
+
+fn daemon_status(s: DaemonState, now: f64) -> DaemonStatus {
+    DaemonStatus {
+        pid: s.pid,
+        state: s.state,
+        started_at: s.started_at,
+        uptime_seconds: secs(now - s.started_unix),
+        updated_at: s.updated_at,
+        output_dir: s.output_dir,
+        log_file: s.log_file,
+        max_concurrent_jobs: s.max_concurrent_jobs,
+        on_stop: s.on_stop,
+        processed: s.processed,
+        failed: s.failed,
+        requeued: s.requeued,
+        jobs: s
+            .jobs
+            .into_iter()
+            .map(|j| JobStatus {
+                job_id: j.job_id,
+                job: j.job,
+                manifest: j.manifest,
+                stage: j.stage,
+                elapsed_seconds: secs(now - j.started_unix),
+                stage_elapsed_seconds: secs(now - j.stage_started_unix),
+                attempt: j.attempt,
+                output_dir: j.output_dir,
+            })
+            .collect(),
+    }
+}
+
+pub fn status(sp: &Spool) -> Status {
+    let now = spool::unix_now();
+    let mut daemons = Vec::new();
+    let mut stale = Vec::new();
+    for (s, alive) in state::read_all(sp) {
+        if alive {
+            daemons.push(daemon_status(s, now));
+        } else {
+            stale.push(s.pid);
+        }
+    }
+    Status {
+        dir: sp.root.clone(),
+        running: !daemons.is_empty(),
+        daemons,
+        stale,
+        queue: queue(sp),
+    }
+}
+
+/// "1h 02m", "3m 05s", "12.3s"
+pub fn human_duration(s: f64) -> String {
+    if s < 60.0 {
+        return format!("{s:.1}s");
+    }
+    let t = s.round() as u64;
+    if t < 3600 {
+        format!("{}m {:02}s", t / 60, t % 60)
+    } else {
+        format!("{}h {:02}m", t / 3600, (t % 3600) / 60)
+    }
+}
+
+pub fn render_status(st: &Status) -> String {
+    let mut o = String::new();
+    if st.daemons.is_empty() {
+        let missing = if st.dir.is_dir() {
+            ""
+        } else {
+            " (no such directory)"
+        };
+        o += &format!("no daemon running on {}{missing}\n", st.dir.display());
+    }
+    for d in &st.daemons {
+        o += &format!(
+            "daemon {} on {}: pid {}, since {} (up {}), {} of {} job slot{} busy, on stop: {}\n",
+            d.state,
+            st.dir.display(),
+            d.pid,
+            d.started_at,
+            human_duration(d.uptime_seconds),
+            d.jobs.len(),
+            d.max_concurrent_jobs,
+            if d.max_concurrent_jobs == 1 { "" } else { "s" },
+            d.on_stop
+        );
+        o += &format!("  outputs: {}\n", d.output_dir.display());
+        if let Some(l) = &d.log_file {
+            o += &format!("  log: {}\n", l.display());
+        }
+        o += &format!(
+            "  since start: {} processed, {} failed, {} re-queued\n",
+            d.processed, d.failed, d.requeued
+        );
+        for j in &d.jobs {
+            o += &format!(
+                "  job {}: stage {} ({}), running {}, attempt {}, manifest {}\n",
+                j.job,
+                j.stage,
+                human_duration(j.stage_elapsed_seconds),
+                human_duration(j.elapsed_seconds),
+                j.attempt,
+                j.manifest
+            );
+        }
+    }
+    for pid in &st.stale {
+        o += &format!(
+            "stale state of daemon pid {pid} (not running; cleaned up by the next daemon start)\n"
+        );
+    }
+    let q = &st.queue;
+    o += &format!(
+        "queue: {} to be processed, {} processing, {} processed today, {} failed today\n",
+        q.to_be_processed, q.processing, q.processed_today, q.failed_today
+    );
+    o
+}
+
+/// One row of `workflow list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListEntry {
+    /// `processed`, `failed`, `processing`, `queued`.
+    pub status: String,
+    /// The dated directory (filed jobs only).
+    pub date: Option<String>,
+    /// The file name where it is now.
+    pub name: String,
+    /// The name it was submitted under (when known).
+    pub manifest: String,
+    pub job_id: Option<String>,
+    pub duration_seconds: Option<f64>,
+    pub stage: Option<String>,
+    pub error: Option<String>,
+    pub output_dir: Option<String>,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter {
+    pub processed: bool,
+    pub failed: bool,
+}
+
+fn read_json(p: &Path) -> Option<Value> {
+    std::fs::read(p)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn str_of(v: &Value, k: &str) -> Option<String> {
+    v.get(k).and_then(Value::as_str).map(String::from)
+}
+
+/// `workflow list`: filed jobs (oldest first), then what is processing and queued.
+pub fn list(sp: &Spool, filter: ListFilter, since: Option<&str>) -> Result<Vec<ListEntry>, String> {
+    if let Some(s) = since {
+        if !spool::is_date(s) {
+            return Err(format!("--since {s:?}: expected a date as YYYY-MM-DD"));
+        }
+    }
+    let all = !filter.processed && !filter.failed;
+    let mut out = Vec::new();
+    let mut kinds = Vec::new();
+    if all || filter.processed {
+        kinds.push(("processed", sp.processed(), spool::REPORT_SUFFIX));
+    }
+    if all || filter.failed {
+        kinds.push(("failed", sp.failed(), spool::ERROR_SUFFIX));
+    }
+    for (status, dir, suffix) in kinds {
+        for date in spool::dated_dirs(&dir) {
+            if since.is_some_and(|s| date.as_str() < s) {
+                continue;
+            }
+            let day = dir.join(&date);
+            for name in spool::filed_manifests(&day) {
+                let side = read_json(&day.join(format!("{name}{suffix}"))).unwrap_or(Value::Null);
+                let duration = side
+                    .get("duration_seconds")
+                    .or_else(|| side.get("total_seconds"))
+                    .and_then(Value::as_f64);
+                out.push(ListEntry {
+                    status: status.into(),
+                    date: Some(date.clone()),
+                    manifest: str_of(&side, "manifest").unwrap_or_else(|| name.clone()),
+                    job_id: str_of(&side, "job_id"),
+                    duration_seconds: duration,
+                    stage: str_of(&side, "stage"),
+                    error: str_of(&side, "error")
+                        .or_else(|| side.is_null().then(|| format!("no {suffix} beside it"))),
+                    output_dir: str_of(&side, "output_dir"),
+                    path: day.join(&name),
+                    name,
+                });
+            }
+        }
+    }
+    // Sort filed jobs by date, then by when they were filed.
+    out.sort_by(|a, b| (&a.date, file_mtime(&a.path)).cmp(&(&b.date, file_mtime(&b.path))));
+    if all {
+        let now = spool::unix_now();
+        let live: Vec<DaemonState> = state::read_all(sp)
+            .into_iter()
+            .filter(|(_, a)| *a)
+            .map(|(s, _)| s)
+            .collect();
+        for name in spool::visible_entries(&sp.processing()) {
+            let path = sp.processing().join(&name);
+            let name = name.to_string_lossy().into_owned();
+            let ledger = std::fs::symlink_metadata(&path)
+                .ok()
+                .and_then(|m| spool::ledger_read(sp, &spool::FileKey::of(&m)));
+            let stage = ledger.as_ref().and_then(|l| {
+                live.iter()
+                    .flat_map(|d| d.jobs.iter())
+                    .find(|j| j.job_id == l.job_id)
+                    .map(|j| j.stage.clone())
+            });
+            out.push(ListEntry {
+                status: "processing".into(),
+                date: None,
+                manifest: ledger
+                    .as_ref()
+                    .map(|l| l.manifest.clone())
+                    .unwrap_or_else(|| name.clone()),
+                job_id: ledger.as_ref().map(|l| l.job_id.clone()),
+                duration_seconds: ledger.as_ref().map(|l| secs(now - l.claimed_unix)),
+                stage,
+                error: None,
+                output_dir: ledger
+                    .as_ref()
+                    .and_then(|l| l.output_dir.as_ref().map(|p| p.display().to_string())),
+                path,
+                name,
+            });
+        }
+        for name in spool::visible_entries(&sp.to_be_processed()) {
+            let path = sp.to_be_processed().join(&name);
+            let name = name.to_string_lossy().into_owned();
+            out.push(ListEntry {
+                status: "queued".into(),
+                date: None,
+                manifest: name.clone(),
+                job_id: None,
+                duration_seconds: None,
+                stage: None,
+                error: None,
+                output_dir: None,
+                path,
+                name,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn file_mtime(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok()
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let s = s.replace('\n', " ");
+    if s.chars().count() <= max {
+        s
+    } else {
+        let cut: String = s.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+pub fn render_list(entries: &[ListEntry]) -> String {
+    if entries.is_empty() {
+        return "no jobs\n".into();
+    }
+    let wname = entries
+        .iter()
+        .map(|e| e.name.chars().count())
+        .max()
+        .unwrap_or(8)
+        .clamp(8, 48);
+    let mut o = format!(
+        "{:<10}  {:<10}  {:>9}  {:<wname$}  DETAIL\n",
+        "DATE", "STATUS", "DURATION", "MANIFEST"
+    );
+    for e in entries {
+        let detail = match e.status.as_str() {
+            "failed" => format!(
+                "{}: {}",
+                e.stage.as_deref().unwrap_or("?"),
+                one_line(e.error.as_deref().unwrap_or(""), 120)
+            ),
+            "processed" => format!("outputs: {}", e.output_dir.as_deref().unwrap_or("-")),
+            "processing" => format!("stage {}", e.stage.as_deref().unwrap_or("?")),
+            _ => String::new(),
+        };
+        let detail = if e.manifest != e.name && e.status != "queued" {
+            format!("{detail} (submitted as {})", e.manifest)
+        } else {
+            detail
+        };
+        o += &format!(
+            "{:<10}  {:<10}  {:>9}  {:<wname$}  {}\n",
+            e.date.as_deref().unwrap_or("-"),
+            e.status,
+            e.duration_seconds
+                .map(human_duration)
+                .unwrap_or_else(|| "-".into()),
+            e.name,
+            detail.trim_end()
+        );
+    }
+    o
+}
+
+/// `workflow submit`: copy `file` into `DIR/to_be_processed/` under a hidden temp name, fsync,
+/// then rename it to its own name (`NAME-N.ext` if taken), so the daemon only ever sees a
+/// complete manifest. Returns the submitted path.
+pub fn submit(sp: &Spool, file: &Path) -> Result<PathBuf, String> {
+    let name = file
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file name", file.display()))?;
+    if !spool::has_manifest_extension(name) || spool::is_hidden_name(name) {
+        return Err(format!(
+            "{}: the daemon only takes .json, .yaml and .yml files whose names do not start with a dot",
+            file.display()
+        ));
+    }
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    if !sp.root.is_dir() {
+        return Err(format!(
+            "{}: no such spool directory (start `h2k-guest daemon --dir {}` once, or create it)",
+            sp.root.display(),
+            sp.root.display()
+        ));
+    }
+    let tbp = sp.to_be_processed();
+    std::fs::create_dir_all(&tbp).map_err(|e| format!("{}: cannot create: {e}", tbp.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".submit-")
+        .suffix(".tmp")
+        .tempfile_in(&tbp)
+        .map_err(|e| format!("{}: cannot write: {e}", tbp.display()))?;
+    tmp.write_all(&bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| format!("{}: cannot write: {e}", tmp.path().display()))?;
+    let tmp_path = tmp.into_temp_path();
+    let dest = spool::move_unique(&tmp_path, &tbp, name)
+        .map_err(|e| format!("{}: cannot submit: {e}", tbp.display()))?;
+    let _ = tmp_path.keep();
+    spool::sync_dir(&tbp);
+    Ok(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(3.12), "3.1s");
+        assert_eq!(human_duration(185.0), "3m 05s");
+        assert_eq!(human_duration(3720.0), "1h 02m");
+    }
+
+    #[test]
+    fn submit_renames_in_and_never_overwrites() {
+        let d = tempfile::tempdir().unwrap();
+        let sp = Spool::new(&d.path().join("spool"));
+        let m = d.path().join("vm.json");
+        std::fs::write(&m, "{}").unwrap();
+        assert!(submit(&sp, &m)
+            .unwrap_err()
+            .contains("no such spool directory"));
+        sp.create().unwrap();
+        let a = submit(&sp, &m).unwrap();
+        let b = submit(&sp, &m).unwrap();
+        assert_eq!(a, sp.to_be_processed().join("vm.json"));
+        assert_eq!(b, sp.to_be_processed().join("vm-1.json"));
+        let leftovers: Vec<_> = std::fs::read_dir(sp.to_be_processed())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty());
+        let txt = d.path().join("notes.txt");
+        std::fs::write(&txt, "x").unwrap();
+        assert!(submit(&sp, &txt).is_err());
+        let q = queue(&sp);
+        assert_eq!(
+            (
+                q.to_be_processed,
+                q.processing,
+                q.processed_today,
+                q.failed_today
+            ),
+            (2, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn list_rejects_bad_dates() {
+        let d = tempfile::tempdir().unwrap();
+        let sp = Spool::new(d.path());
+        assert!(list(&sp, ListFilter::default(), Some("yesterday")).is_err());
+        assert!(list(&sp, ListFilter::default(), Some("2026-01-01"))
+            .unwrap()
+            .is_empty());
+    }
+}
