@@ -26,6 +26,8 @@ pub enum LoadError {
     QemuImg { path: String, reason: String },
     #[error("{path}: {reason}")]
     Format { path: String, reason: String },
+    #[error("{path}: the image is damaged ({reason}); was the export or copy cut short?")]
+    Damaged { path: String, reason: String },
     #[error("{tool} not found in PATH: install qemu-utils (scripts/setup.sh does)")]
     ToolMissing { tool: String },
     #[error("cannot create the overlay {path}: {reason}")]
@@ -156,6 +158,9 @@ pub fn probe(source: &Source, format: Option<&str>) -> Result<SourceInfo, LoadEr
     if let (Source::File(path), "raw") = (source, top.format.as_str()) {
         sniff_raw(path)?;
     }
+    if let Source::File(_) = source {
+        check_structure(&name, &top.format)?;
+    }
     if top.virtual_size == 0 {
         return Err(LoadError::NotAnImage {
             path: name,
@@ -176,6 +181,46 @@ pub fn probe(source: &Source, format: Option<&str>) -> Result<SourceInfo, LoadEr
         vmdk_subformat,
         chain,
     })
+}
+
+/// `qemu-img check` the metadata of formats that have it (cheap: it reads tables, not data),
+/// so a truncated or corrupted export is refused here by name rather than later as "no
+/// operating system found". Leaked clusters (exit 3) are harmless and accepted.
+fn check_structure(name: &str, format: &str) -> Result<(), LoadError> {
+    if !matches!(format, "vmdk" | "qcow2" | "vdi" | "vhdx" | "vpc") {
+        return Ok(());
+    }
+    let out = Command::new("qemu-img")
+        .args(["check", "-U", "-f", format, name])
+        .output()
+        .map_err(|e| LoadError::QemuImg {
+            path: name.into(),
+            reason: e.to_string(),
+        })?;
+    match out.status.code() {
+        Some(0) | Some(3) => Ok(()),
+        // 63: the format has no check; nothing more to learn.
+        Some(63) => Ok(()),
+        _ => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let reason = text
+                .lines()
+                .find(|l| l.starts_with("ERROR"))
+                .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
+                .unwrap_or("qemu-img check failed")
+                .trim()
+                .trim_start_matches("ERROR: ")
+                .to_string();
+            Err(LoadError::Damaged {
+                path: name.into(),
+                reason,
+            })
+        }
+    }
 }
 
 /// qemu-img's stderr, reduced to its last, most specific clause.

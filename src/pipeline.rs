@@ -33,8 +33,8 @@ pub enum PipelineError {
     },
     #[error(transparent)]
     Appliance(#[from] ApplianceError),
-    #[error(transparent)]
-    Inspect(#[from] InspectError),
+    #[error("{disk}: {cause}")]
+    Inspect { disk: String, cause: InspectError },
     #[error(transparent)]
     Fix(#[from] FixError),
     #[error(transparent)]
@@ -223,8 +223,13 @@ fn run_stages(
         app.accel,
         app.accel_reason
     );
+    let boot_disk = plan.disks[0].source.clone();
+    let inspect_err = |cause: InspectError| PipelineError::Inspect {
+        disk: boot_disk.clone(),
+        cause,
+    };
     let os = report.stage("inspect", |r| -> Result<_, PipelineError> {
-        let roots = inspect::find_roots(&app.g)?;
+        let roots = inspect::find_roots(&app.g).map_err(inspect_err)?;
         if roots.len() > 1 {
             r.warnings.push(format!(
                 "{} operating systems found; fixing the first ({})",
@@ -232,9 +237,9 @@ fn run_stages(
                 roots[0]
             ));
         }
-        let mount_warnings = inspect::mount_guest(&app.g, &roots[0])?;
+        let mount_warnings = inspect::mount_guest(&app.g, &roots[0]).map_err(inspect_err)?;
         r.warnings.extend(mount_warnings);
-        Ok(inspect::inspect_root(&app.g, &roots[0])?)
+        inspect::inspect_root(&app.g, &roots[0]).map_err(inspect_err)
     })?;
     log::info!(
         "found {} ({} {}.{}), {} firmware, {}",
