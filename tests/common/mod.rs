@@ -1,0 +1,197 @@
+//! Helpers shared by the integration tests: real guest images from `scripts/make-fixture.sh`,
+//! the built binary, file hashes, and a lock that keeps VM-heavy tests from running at once
+//! (two TCG guests on two cores starve each other; run with `--test-threads=1` as well).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `h2k-guest` binary Cargo built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_h2k-guest"))
+}
+
+/// Held by every test that boots a guest or launches an appliance, so they run one at a time
+/// even without `--test-threads=1`. A test that panicked while holding it does not block the
+/// others.
+pub fn vm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The VMDK of a fixture (`debian12-bios`, `debian12-uefi-dracut-lvm`), built on first use by
+/// `scripts/make-fixture.sh NAME` (cached across runs by the script itself; minutes the first
+/// time) and remembered for the rest of this test process.
+pub fn fixture(name: &str) -> PathBuf {
+    static CACHE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    // Held across the build: a second test asking for the same fixture waits for the first.
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = cache.get(name) {
+        return p.clone();
+    }
+    let script = repo_root().join("scripts/make-fixture.sh");
+    let start = Instant::now();
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(name)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {name} failed ({}):\n{}",
+        script.display(),
+        out.status,
+        tail(&stderr, 40)
+    );
+    let path = PathBuf::from(
+        stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| panic!("make-fixture.sh {name} printed no path"))
+            .trim(),
+    );
+    assert!(
+        path.is_file(),
+        "make-fixture.sh {name} printed {}, which is not a file",
+        path.display()
+    );
+    eprintln!(
+        "fixture {name}: {} ({:.0} s)",
+        path.display(),
+        start.elapsed().as_secs_f64()
+    );
+    cache.insert(name.to_string(), path.clone());
+    path
+}
+
+/// The JSON facts file make-fixture.sh writes beside a fixture's VMDK.
+pub fn fixture_facts(vmdk: &Path) -> serde_json::Value {
+    let name = vmdk
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("fixture file name");
+    let json = vmdk.with_file_name(format!("{name}.json"));
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", json.display()))
+}
+
+/// Lowercase hex sha256 of a file's contents (coreutils' sha256sum when present: the fixtures
+/// are ~1 GB and sha2 in a debug build is several times slower).
+pub fn sha256_file(path: &Path) -> String {
+    if let Ok(out) = Command::new("sha256sum").arg(path).output() {
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(hex) = text.split_whitespace().next().filter(|h| h.len() == 64) {
+                return hex.to_string();
+            }
+        }
+    }
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One run of the binary.
+pub struct Run {
+    pub output: Output,
+    pub seconds: f64,
+}
+
+impl Run {
+    pub fn success(&self) -> bool {
+        self.output.status.success()
+    }
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    /// stdout parsed as JSON (panics with both streams when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            )
+        })
+    }
+    /// Everything, for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "exit {:?} after {:.1} s\n--- stdout\n{}\n--- stderr\n{}",
+            self.code(),
+            self.seconds,
+            tail(&self.stdout(), 60),
+            tail(&self.stderr(), 30)
+        )
+    }
+}
+
+/// Run `h2k-guest ARGS…` to completion.
+pub fn h2k<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let start = Instant::now();
+    let output = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run h2k-guest");
+    Run {
+        output,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// The last `n` lines of a text.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs `f` and fails the test if it took longer than `limit` (the binary enforces its own
+/// timeouts; this asserts they hold).
+pub fn within<T>(limit: Duration, what: &str, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let v = f();
+    assert!(
+        start.elapsed() <= limit,
+        "{what} took {:.0} s, more than the {} s allowed",
+        start.elapsed().as_secs_f64(),
+        limit.as_secs()
+    );
+    v
+}
