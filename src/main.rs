@@ -168,6 +168,9 @@ struct FixArgs {
     /// Skip `qemu-img check` of the output.
     #[arg(long)]
     no_check: bool,
+    /// After converting, boot the output on virtio-blk until a login prompt (fails the job if not).
+    #[arg(long)]
+    boot_check: bool,
     /// Replace an existing output.
     #[arg(long)]
     overwrite: bool,
@@ -332,6 +335,7 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
     plan.fix.trim &= !args.no_trim;
     plan.fix.backup |= args.backup;
     plan.validate.check_image_integrity &= !args.no_check;
+    plan.validate.boot |= args.boot_check;
     Ok(plan)
 }
 
@@ -498,7 +502,11 @@ fn daemon_cmd(args: &DaemonArgs, global: &GlobalArgs) -> Result<()> {
         jobs: args.jobs,
         log_file: args.log_file.clone(),
         verbose: global.verbose,
-        on_stop: args.on_stop.as_deref().map(|s| s.parse().map_err(anyhow::Error::msg)).transpose()?,
+        on_stop: args
+            .on_stop
+            .as_deref()
+            .map(|s| s.parse().map_err(anyhow::Error::msg))
+            .transpose()?,
         max_attempts: args.max_attempts,
         accel: global.accel,
     };
@@ -510,7 +518,8 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
     use h2k_guest::daemon::spool::Spool;
     use h2k_guest::workflow;
     let spool_of = |a: &SpoolArgs| -> Result<Spool> {
-        let dir = h2k_guest::daemon::spool_dir(a.dir.as_deref(), a.config.as_deref()).map_err(anyhow::Error::msg)?;
+        let dir = h2k_guest::daemon::spool_dir(a.dir.as_deref(), a.config.as_deref())
+            .map_err(anyhow::Error::msg)?;
         Ok(Spool::new(&dir))
     };
     match cmd {
@@ -530,9 +539,16 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
                 print!("{}", workflow::render_queue(&q));
             }
         }
-        WorkflowCommand::List { spool, failed, processed, since, json } => {
+        WorkflowCommand::List {
+            spool,
+            failed,
+            processed,
+            since,
+            json,
+        } => {
             let filter = workflow::ListFilter { failed, processed };
-            let entries = workflow::list(&spool_of(&spool)?, filter, since.as_deref()).map_err(anyhow::Error::msg)?;
+            let entries = workflow::list(&spool_of(&spool)?, filter, since.as_deref())
+                .map_err(anyhow::Error::msg)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {

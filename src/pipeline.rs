@@ -297,7 +297,7 @@ fn run_stages(
 
     if plan.validate.enabled && plan.convert.enabled {
         *stage = "validate".into();
-        report.stage("validate", |r| validate_outputs(plan, r))?;
+        report.stage("validate", |r| validate_outputs(plan, opts, r))?;
     }
     drop(workdir);
     Ok(())
@@ -495,11 +495,48 @@ fn convert_all(
     Ok(())
 }
 
-fn validate_outputs(plan: &Plan, report: &mut Report) -> Result<(), PipelineError> {
+fn validate_outputs(
+    plan: &Plan,
+    opts: &RunOptions,
+    report: &mut Report,
+) -> Result<(), PipelineError> {
     if plan.validate.check_image_integrity {
         for out in report.outputs.iter_mut() {
-            // VALIDATE_HOOK: crate::validate::check_image(&out.path)
-            let _ = &out.path;
+            let v = crate::validate::check_image(&out.path)
+                .map_err(|e| PipelineError::Validate(e.to_string()))?;
+            log::info!("{}", v.summary());
+            let clean = !v.applicable || v.clean;
+            out.check = Some(serde_json::to_value(&v).unwrap_or_default());
+            if !clean {
+                return Err(PipelineError::Validate(format!(
+                    "{}: qemu-img check: {}",
+                    out.path.display(),
+                    v.summary()
+                )));
+            }
+        }
+    }
+    // The product's promise, checked: the boot disk's output boots on virtio to a login prompt.
+    if plan.validate.boot {
+        if let Some(out) = report.outputs.first() {
+            let boot = crate::validate::BootOptions {
+                image: out.path.display().to_string(),
+                accel: opts.appliance.accel,
+                timeout: std::time::Duration::from_secs(plan.validate.boot_timeout_secs),
+                cancel: Some(opts.cancel.clone()),
+                ..Default::default()
+            };
+            let outcome = crate::validate::boot_check(&boot)
+                .map_err(|e| PipelineError::Validate(e.to_string()))?;
+            log::info!("{}", outcome.summary());
+            let booted = outcome.booted;
+            let summary = outcome.summary();
+            report
+                .validation
+                .push(serde_json::to_value(&outcome).unwrap_or_default());
+            if !booted {
+                return Err(PipelineError::Validate(summary));
+            }
         }
     }
     Ok(())
