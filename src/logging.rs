@@ -1,31 +1,133 @@
-//! Log lines for people and for log collectors: `TIME LEVEL [job/stage] message`, to stderr
-//! and, for the daemon, also to a log file.
+//! Log lines for people and for log collectors: `TIME LEVEL [scope] message`, to stderr and,
+//! for the daemon, also to a log file. For a daemon running several jobs at once:
+//!
+//! - every line logged on a worker thread is scoped `[job/stage]`, including the pipeline's own
+//!   lines (the worker installs a [`JobCtx`] for its thread);
+//! - the current stage is followed from the pipeline's `stage NAME: start` lines, for
+//!   `workflow status`;
+//! - the last lines of each job are kept for its `error.json` (`log_tail`), whatever the
+//!   verbosity.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+/// Lines kept per job for its error report.
+const TAIL_LINES: usize = 60;
+
+/// What the logger knows about the job running on the current thread.
+pub struct JobCtx {
+    pub job: String,
+    inner: Mutex<CtxInner>,
+}
+
+struct CtxInner {
+    stage: String,
+    stage_since: f64,
+    tail: VecDeque<String>,
+}
+
+impl JobCtx {
+    pub fn new(job: &str) -> Arc<JobCtx> {
+        Arc::new(JobCtx {
+            job: job.to_string(),
+            inner: Mutex::new(CtxInner {
+                stage: "claim".into(),
+                stage_since: crate::daemon::spool::unix_now(),
+                tail: VecDeque::new(),
+            }),
+        })
+    }
+
+    pub fn set_stage(&self, stage: &str) {
+        if let Ok(mut i) = self.inner.lock() {
+            if i.stage != stage {
+                i.stage = stage.to_string();
+                i.stage_since = crate::daemon::spool::unix_now();
+            }
+        }
+    }
+
+    /// (stage, since when in unix seconds)
+    pub fn stage(&self) -> (String, f64) {
+        self.inner
+            .lock()
+            .map(|i| (i.stage.clone(), i.stage_since))
+            .unwrap_or_default()
+    }
+
+    pub fn tail(&self) -> Vec<String> {
+        self.inner
+            .lock()
+            .map(|i| i.tail.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Add a line to the job's tail (lines logged for it on another thread).
+    pub fn push(&self, line: &str) {
+        if let Ok(mut i) = self.inner.lock() {
+            if i.tail.len() == TAIL_LINES {
+                i.tail.pop_front();
+            }
+            i.tail.push_back(line.trim_end().to_string());
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<JobCtx>>> = const { RefCell::new(None) };
+}
+
+/// Scope this thread's log lines to a job until the guard is dropped.
+pub fn enter(ctx: Arc<JobCtx>) -> CtxGuard {
+    CURRENT.with(|c| *c.borrow_mut() = Some(ctx));
+    CtxGuard
+}
+
+pub struct CtxGuard;
+
+impl Drop for CtxGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| *c.borrow_mut() = None);
+    }
+}
+
 struct Logger {
-    level: LevelFilter,
+    print: LevelFilter,
     file: Option<Mutex<File>>,
+    /// Scope of lines logged outside a job ("daemon"); None prints no scope (the CLI).
+    outside_jobs: Option<&'static str>,
+}
+
+/// `stage NAME: start`, as [`crate::report::Report::stage`] logs it.
+fn stage_start(target: &str, msg: &str) -> Option<String> {
+    if !target.starts_with("h2k_guest") {
+        return None;
+    }
+    let rest = msg.strip_prefix("stage ")?.strip_suffix(": start")?;
+    (!rest.is_empty() && !rest.contains(' ')).then(|| rest.to_string())
 }
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level
+        metadata.level() <= self.print.max(LevelFilter::Info)
     }
 
     fn log(&self, record: &Record) {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let now = time::OffsetDateTime::now_utc();
-        let ts = now
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| "-".into());
+        let msg = record.args().to_string();
+        let ctx = CURRENT.with(|c| c.borrow().clone());
+        if let (Some(ctx), Some(stage)) = (&ctx, stage_start(record.target(), &msg)) {
+            ctx.set_stage(&stage);
+        }
+        let ts = crate::report::now_rfc3339();
         let level = match record.level() {
             Level::Error => "ERROR",
             Level::Warn => "WARN ",
@@ -33,18 +135,24 @@ impl Log for Logger {
             Level::Debug => "DEBUG",
             Level::Trace => "TRACE",
         };
-        // `target` carries "job/stage" when the caller sets one (log::info!(target: "job/stage", …)).
-        let target = record.target();
-        let scope = if target.starts_with("h2k_guest") {
-            String::new()
-        } else {
-            format!("[{target}] ")
+        let scope = match (&ctx, self.outside_jobs) {
+            (Some(c), _) => format!("[{}/{}] ", c.job, c.stage().0),
+            (None, _) if !record.target().starts_with("h2k_guest") => {
+                format!("[{}] ", record.target())
+            }
+            (None, Some(s)) => format!("[{s}] "),
+            (None, None) => String::new(),
         };
-        let line = format!("{ts} {level} {scope}{}\n", record.args());
-        let _ = std::io::stderr().write_all(line.as_bytes());
-        if let Some(f) = &self.file {
-            if let Ok(mut f) = f.lock() {
-                let _ = f.write_all(line.as_bytes());
+        let line = format!("{ts} {level} {scope}{msg}\n");
+        if let Some(c) = &ctx {
+            c.push(&line);
+        }
+        if record.level() <= self.print {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            if let Some(f) = &self.file {
+                if let Ok(mut f) = f.lock() {
+                    let _ = f.write_all(line.as_bytes());
+                }
             }
         }
     }
@@ -58,23 +166,75 @@ impl Log for Logger {
     }
 }
 
-/// Install the logger once. verbosity: 0 = warnings, 1 = info, 2 = debug, 3+ = trace.
+/// Install the command-line logger. verbosity: 0 = warnings, 1 = info, 2 = debug, 3+ = trace.
 pub fn init(verbosity: u8, log_file: Option<&Path>) -> std::io::Result<()> {
-    let level = match verbosity {
+    install(verbosity, log_file, None)
+}
+
+/// Install the daemon's logger: lines outside a job are scoped `[daemon]`.
+pub fn init_daemon(verbosity: u8, log_file: Option<&Path>) -> std::io::Result<()> {
+    install(verbosity, log_file, Some("daemon"))
+}
+
+fn install(
+    verbosity: u8,
+    log_file: Option<&Path>,
+    outside_jobs: Option<&'static str>,
+) -> std::io::Result<()> {
+    let print = match verbosity {
         0 => LevelFilter::Warn,
         1 => LevelFilter::Info,
         2 => LevelFilter::Debug,
         _ => LevelFilter::Trace,
     };
     let file = match log_file {
-        Some(p) => Some(Mutex::new(
-            OpenOptions::new().create(true).append(true).open(p)?,
-        )),
+        Some(p) => {
+            if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            Some(Mutex::new(
+                OpenOptions::new().create(true).append(true).open(p)?,
+            ))
+        }
         None => None,
     };
-    // A second init (tests) keeps the first logger; that is fine.
-    if log::set_boxed_logger(Box::new(Logger { level, file })).is_ok() {
-        log::set_max_level(level);
+    if log::set_boxed_logger(Box::new(Logger {
+        print,
+        file,
+        outside_jobs,
+    }))
+    .is_ok()
+    {
+        log::set_max_level(print.max(LevelFilter::Info));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_lines_are_recognised() {
+        assert_eq!(
+            stage_start("h2k_guest::report", "stage fix: start").as_deref(),
+            Some("fix")
+        );
+        assert_eq!(
+            stage_start("h2k_guest::report", "stage fix: done in 1.0 s"),
+            None
+        );
+        assert_eq!(stage_start("other", "stage fix: start"), None);
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_lines() {
+        let c = JobCtx::new("j");
+        for i in 0..100 {
+            c.push(&format!("line {i}\n"));
+        }
+        let t = c.tail();
+        assert_eq!(t.len(), TAIL_LINES);
+        assert_eq!(t.last().unwrap(), "line 99");
+    }
 }

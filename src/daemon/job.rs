@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::joblog::JobCtx;
 use super::spool::{self, Claimed, LedgerEntry, Spool};
 use super::{DaemonConfig, OnStop};
+use crate::logging::JobCtx;
 use crate::pipeline::{self, PipelineError, RunOptions};
 use crate::report::{now_rfc3339, Report};
 

@@ -33,7 +33,6 @@
 //! (recovery at the next start puts its jobs back in the queue).
 
 pub mod job;
-pub mod joblog;
 pub mod spool;
 pub mod state;
 
@@ -51,9 +50,9 @@ use serde_json::json;
 
 use crate::accel::AccelChoice;
 use crate::appliance::ApplianceOptions;
+use crate::logging::JobCtx;
 use crate::report::now_rfc3339;
 use job::{JobSpec, Outcome, Shared};
-use joblog::JobCtx;
 use spool::{Claim, EntryKind, LedgerEntry, Spool};
 use state::{DaemonState, JobState, Registration};
 
@@ -326,10 +325,12 @@ struct Daemon {
 
 /// Run the daemon until a stop signal; returns once running jobs are finished or aborted.
 pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> anyhow::Result<()> {
-    joblog::init(cfg.verbose, cfg.log_file.as_deref()).with_context(|| match &cfg.log_file {
-        Some(p) => format!("{}: cannot open the log file", p.display()),
-        None => "cannot set up logging".into(),
-    })?;
+    crate::logging::init_daemon(cfg.verbose, cfg.log_file.as_deref()).with_context(
+        || match &cfg.log_file {
+            Some(p) => format!("{}: cannot open the log file", p.display()),
+            None => "cannot set up logging".into(),
+        },
+    )?;
     for w in &warnings {
         log::warn!("{w}");
     }
@@ -808,7 +809,7 @@ impl Daemon {
         let spawned = std::thread::Builder::new()
             .name(format!("job {job}"))
             .spawn(move || {
-                let _scope = joblog::enter(ctx);
+                let _scope = crate::logging::enter(ctx);
                 // job::run files its own panics; this catches one while filing, so the slot
                 // is always given back (the manifest then waits in processing/ for recovery).
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
