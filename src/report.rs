@@ -241,6 +241,15 @@ pub fn summary(r: &Report) -> String {
 
 /// Write `bytes` to `path` via a temp file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    synced_temp_beside(path, bytes)?
+        .persist(path)
+        .map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// A hidden temp file in `path`'s directory holding `bytes`, already fsynced: rename it
+/// into place (replacing or not, as the caller needs) for an all-or-nothing write.
+pub fn synced_temp_beside(path: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -252,8 +261,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    Ok(tmp)
 }
 
 /// A unified diff between two versions of a guest file.

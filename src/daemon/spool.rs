@@ -299,15 +299,7 @@ pub fn file_with_sidecar(
 
 /// Create `path` with `bytes`, atomically and only if it does not exist yet.
 pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".h2k-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    let tmp_path = tmp.into_temp_path();
+    let tmp_path = crate::report::synced_temp_beside(path, bytes)?.into_temp_path();
     match rename_noreplace(&tmp_path, path) {
         Ok(()) => {
             // Already renamed: don't let TempPath delete the (now absent) temp name's new owner.
