@@ -36,7 +36,27 @@ pub fn inspect_disk(
 ) -> Result<InspectReport, InspectCmdError> {
     let source = Source::parse(disk);
     let info = load::probe(&source, format)?;
-    let drive = drive_for(&info, true);
+    // libguestfs cannot open a byte range of an OVA; a throw-away overlay can (its backing
+    // file is the json: name of the member).
+    let overlay_dir = tempfile::tempdir().map_err(|e| LoadError::Overlay {
+        path: "temp dir".into(),
+        reason: e.to_string(),
+    })?;
+    let drive = match &info.source {
+        Source::Ova { .. } => {
+            let overlay = overlay_dir.path().join("ova.qcow2");
+            load::create_overlay(&info, &overlay)?;
+            Drive {
+                path: overlay.display().to_string(),
+                options: DriveOptions {
+                    readonly: true,
+                    format: Some("qcow2".into()),
+                    ..Default::default()
+                },
+            }
+        }
+        _ => drive_for(&info, true),
+    };
     let spinner = crate::progress::Spinner::new("starting the libguestfs appliance", false);
     let app = Appliance::launch(&[drive], opts).map_err(|cause| InspectCmdError::Appliance {
         disk: disk.into(),
@@ -79,6 +99,7 @@ pub fn drive_for(info: &SourceInfo, readonly: bool) -> Drive {
                 ..Default::default()
             },
         },
+        Source::Ova { .. } => unreachable!("OVA members are attached through an overlay"),
         Source::Nbd(uri) => {
             let (server, export) = nbd_server_and_export(uri);
             Drive {

@@ -34,36 +34,113 @@ pub enum LoadError {
     Overlay { path: String, reason: String },
 }
 
-/// Where the source comes from: a local file or an NBD URI (`nbd://…`, `nbd+unix://…`).
+/// Where the source comes from: a local file, a disk inside an OVA (read in place, never
+/// unpacked), or an NBD URI (`nbd://…`, `nbd+unix://…`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Source {
     File(PathBuf),
+    Ova {
+        ova: PathBuf,
+        /// The VMDK member (the first one: an OVA lists its boot disk first).
+        member: String,
+        offset: u64,
+        size: u64,
+    },
     Nbd(String),
 }
 
 impl Source {
+    /// A path, an OVA (detected by its tar header), or an NBD URI.
     pub fn parse(s: &str) -> Source {
         if s.starts_with("nbd://") || s.starts_with("nbd+unix://") || s.starts_with("nbd+tcp://") {
-            Source::Nbd(s.to_string())
-        } else {
-            Source::File(PathBuf::from(s))
+            return Source::Nbd(s.to_string());
+        }
+        let path = PathBuf::from(s);
+        match ova_disks(&path).into_iter().next() {
+            // Absolute: the json: name ends up as an overlay's backing file.
+            Some(m) => Source::Ova {
+                ova: std::path::absolute(&path).unwrap_or(path),
+                member: m.name,
+                offset: m.offset,
+                size: m.size,
+            },
+            None => Source::File(path),
         }
     }
 
-    /// The string qemu-img is given.
+    /// The string qemu opens. An OVA member is a byte range of the tar, which qemu's `raw`
+    /// driver exposes with offset/size under the `vmdk` driver.
     pub fn qemu_name(&self) -> String {
         match self {
             Source::File(p) => p.display().to_string(),
+            Source::Ova {
+                ova, offset, size, ..
+            } => {
+                let spec = serde_json::json!({
+                    "driver": "vmdk",
+                    "file": {"driver": "raw", "offset": offset, "size": size,
+                             "file": {"driver": "file", "filename": ova}}
+                });
+                format!("json:{spec}")
+            }
             Source::Nbd(u) => u.clone(),
+        }
+    }
+
+    /// The local file behind the source (the OVA itself for an OVA member).
+    pub fn local_file(&self) -> Option<&Path> {
+        match self {
+            Source::File(p) | Source::Ova { ova: p, .. } => Some(p),
+            Source::Nbd(_) => None,
         }
     }
 }
 
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.qemu_name())
+        match self {
+            Source::Ova { ova, member, .. } => write!(f, "{} ({member})", ova.display()),
+            other => f.write_str(&other.qemu_name()),
+        }
     }
+}
+
+/// A disk inside an OVA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvaMember {
+    pub name: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// The `.vmdk` members of a tar (OVA) file, in archive order; empty when it is not a tar.
+pub fn ova_disks(path: &Path) -> Vec<OvaMember> {
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    let mut head = [0u8; 512];
+    if f.read_exact(&mut head).is_err() || &head[257..262] != b"ustar" {
+        return Vec::new();
+    }
+    let _ = f.seek(SeekFrom::Start(0));
+    let mut archive = tar::Archive::new(f);
+    let Ok(entries) = archive.entries() else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.path().ok()?.to_string_lossy().into_owned();
+            name.to_ascii_lowercase()
+                .ends_with(".vmdk")
+                .then(|| OvaMember {
+                    name,
+                    offset: e.raw_file_position(),
+                    size: e.size(),
+                })
+        })
+        .collect()
 }
 
 /// What qemu-img says about one layer of the image chain.
@@ -113,6 +190,8 @@ pub fn qemu_format_name(user: &str) -> String {
     match user.to_ascii_lowercase().as_str() {
         "vhd" => "vpc".into(),
         "img" => "raw".into(),
+        // An OVA's disks are VMDKs read in place (see Source::Ova).
+        "ova" => "vmdk".into(),
         other => other.into(),
     }
 }
@@ -120,16 +199,16 @@ pub fn qemu_format_name(user: &str) -> String {
 /// Probe `source` with `qemu-img info --backing-chain`; `format` forces a format.
 pub fn probe(source: &Source, format: Option<&str>) -> Result<SourceInfo, LoadError> {
     require_tool("qemu-img")?;
-    if let Source::File(path) = source {
+    if let Some(path) = source.local_file() {
         check_readable(path)?;
     }
-    let name = source.qemu_name();
+    let name = source.to_string();
     let mut cmd = Command::new("qemu-img");
     cmd.args(["info", "--output=json", "--backing-chain", "-U"]);
     if let Some(f) = format {
         cmd.args(["-f", &qemu_format_name(f)]);
     }
-    cmd.arg(&name);
+    cmd.arg(source.qemu_name());
     let out = cmd.output().map_err(|e| LoadError::QemuImg {
         path: name.clone(),
         reason: e.to_string(),
@@ -158,8 +237,8 @@ pub fn probe(source: &Source, format: Option<&str>) -> Result<SourceInfo, LoadEr
     if let (Source::File(path), "raw") = (source, top.format.as_str()) {
         sniff_raw(path)?;
     }
-    if let Source::File(_) = source {
-        check_structure(&name, &top.format)?;
+    if source.local_file().is_some() {
+        check_structure(&source.qemu_name(), &name, &top.format)?;
     }
     if top.virtual_size == 0 {
         return Err(LoadError::NotAnImage {
@@ -186,12 +265,12 @@ pub fn probe(source: &Source, format: Option<&str>) -> Result<SourceInfo, LoadEr
 /// `qemu-img check` the metadata of formats that have it (cheap: it reads tables, not data),
 /// so a truncated or corrupted export is refused here by name rather than later as "no
 /// operating system found". Leaked clusters (exit 3) are harmless and accepted.
-fn check_structure(name: &str, format: &str) -> Result<(), LoadError> {
+fn check_structure(qemu_name: &str, name: &str, format: &str) -> Result<(), LoadError> {
     if !matches!(format, "vmdk" | "qcow2" | "vdi" | "vhdx" | "vpc") {
         return Ok(());
     }
     let out = Command::new("qemu-img")
-        .args(["check", "-U", "-f", format, name])
+        .args(["check", "-U", "-f", format, qemu_name])
         .output()
         .map_err(|e| LoadError::QemuImg {
             path: name.into(),
@@ -287,7 +366,7 @@ fn sniff_raw(path: &Path) -> Result<(), LoadError> {
     if head.len() > 262 && &head[257..262] == b"ustar" {
         return Err(LoadError::NotAnImage {
             path: p,
-            reason: "it is a tar archive; unpack the OVA and give its .vmdk".into(),
+            reason: "it is a tar archive with no .vmdk disk in it".into(),
         });
     }
     let _ = f.seek(SeekFrom::Start(0));
@@ -356,6 +435,51 @@ mod tests {
         assert_eq!(
             Source::parse("/data/vm.vmdk"),
             Source::File("/data/vm.vmdk".into())
+        );
+    }
+
+    #[test]
+    fn ova_members_are_found_in_place_and_plain_files_are_not_ovas() {
+        let dir = tempfile::tempdir().unwrap();
+        let ova = dir.path().join("vm.ova");
+        let mut b = tar::Builder::new(File::create(&ova).unwrap());
+        for (name, data) in [
+            ("vm.ovf", &b"<Envelope/>"[..]),
+            ("vm-disk1.vmdk", &b"KDMV-disk-one"[..]),
+            ("vm-disk2.VMDK", &b"second"[..]),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.finish().unwrap();
+        drop(b);
+        let disks = ova_disks(&ova);
+        assert_eq!(disks.len(), 2);
+        assert_eq!(disks[0].name, "vm-disk1.vmdk");
+        assert_eq!(disks[0].size, 13);
+        let bytes = std::fs::read(&ova).unwrap();
+        let o = disks[0].offset as usize;
+        assert_eq!(&bytes[o..o + 13], b"KDMV-disk-one");
+        match Source::parse(ova.to_str().unwrap()) {
+            Source::Ova { member, .. } => assert_eq!(member, "vm-disk1.vmdk"),
+            other => panic!("{other:?}"),
+        }
+        let q = Source::parse(ova.to_str().unwrap()).qemu_name();
+        assert!(
+            q.starts_with("json:{")
+                && q.contains("\"offset\":")
+                && q.contains("\"driver\":\"vmdk\""),
+            "{q}"
+        );
+        let plain = dir.path().join("disk.img");
+        std::fs::write(&plain, vec![0u8; 4096]).unwrap();
+        assert!(ova_disks(&plain).is_empty());
+        assert_eq!(
+            Source::parse(plain.to_str().unwrap()),
+            Source::File(plain.clone())
         );
     }
 

@@ -387,7 +387,7 @@ fn load_sources(
             }
         }
         let mut sha = None;
-        if let Source::File(p) = &source {
+        if let Some(p) = source.local_file() {
             if let Some(bytes) = d.bytes {
                 let actual = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
                 if actual != bytes {

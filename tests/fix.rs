@@ -435,3 +435,64 @@ fn sigint_during_convert_removes_part_and_workdir_and_keeps_source() {
     assert_only(dir.path(), &["x.qcow2.report.json"]);
     assert_eq!(sha256_file(&src), before);
 }
+
+#[test]
+fn ova_with_a_stream_optimized_vmdk_is_read_in_place_and_boots_after_fix() {
+    let plain = fixture("debian12-bios");
+    let stream = plain.with_file_name("debian12-bios-stream.vmdk");
+    assert!(
+        stream.is_file(),
+        "the fixture builder makes a streamOptimized copy"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // An OVA as ESXi exports it: a tar with the descriptor first, then the disk.
+    let ova = dir.path().join("h2k-bios.ova");
+    std::fs::write(
+        dir.path().join("h2k-bios.ovf"),
+        "<?xml version=\"1.0\"?><Envelope/>\n",
+    )
+    .unwrap();
+    std::fs::copy(&stream, dir.path().join("h2k-bios-disk1.vmdk")).unwrap();
+    let st = Command::new("tar")
+        .args(["--format=ustar", "-cf"])
+        .arg(&ova)
+        .args(["h2k-bios.ovf", "h2k-bios-disk1.vmdk"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_file(dir.path().join("h2k-bios-disk1.vmdk")).unwrap();
+    let before = sha256_file(&ova);
+    let out = dir.path().join("out.qcow2");
+    let _vm = vm_lock();
+    let run = h2k([
+        Path::new("fix"),
+        Path::new("--boot-check"),
+        &ova,
+        Path::new("-o"),
+        &out,
+    ]);
+    assert!(run.success(), "{}", run.describe());
+    eprintln!("OVA fix + boot check took {:.1} s", run.seconds);
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out.qcow2.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["sources"][0]["source"]["member"], "h2k-bios-disk1.vmdk");
+    assert_eq!(report["sources"][0]["vmdk_subformat"], "streamOptimized");
+    assert_eq!(
+        report["validation"][0]["booted"], true,
+        "{:#}",
+        report["validation"]
+    );
+    assert_eq!(sha256_file(&ova), before, "the OVA was modified");
+    assert_only(
+        dir.path(),
+        &[
+            "h2k-bios.ova",
+            "h2k-bios.ovf",
+            "out.qcow2",
+            "out.qcow2.report.json",
+        ],
+    );
+}
