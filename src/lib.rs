@@ -9,6 +9,7 @@
 pub mod accel;
 pub mod appliance;
 pub mod convert;
+pub mod daemon;
 pub mod fix;
 pub mod guestfs;
 pub mod inspect;
@@ -22,5 +23,4 @@ pub mod progress;
 pub mod report;
 pub mod validate;
 pub mod version;
-pub mod daemon;
 pub mod workflow;

@@ -238,7 +238,12 @@ pub fn sanitize_job_name(s: &str) -> String {
         })
         .collect();
     // No leading '-' (read as an option) or '.', and short enough for one path component.
-    let trimmed: String = cleaned.trim_start_matches(['.', '-']).trim_end_matches('.').chars().take(64).collect();
+    let trimmed: String = cleaned
+        .trim_start_matches(['.', '-'])
+        .trim_end_matches('.')
+        .chars()
+        .take(64)
+        .collect();
     if trimmed.is_empty() {
         "job".into()
     } else {

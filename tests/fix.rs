@@ -478,7 +478,10 @@ fn ova_with_a_stream_optimized_vmdk_is_read_in_place_and_boots_after_fix() {
         &std::fs::read_to_string(dir.path().join("out.qcow2.report.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(report["sources"][0]["source"]["member"], "h2k-bios-disk1.vmdk");
+    assert_eq!(
+        report["sources"][0]["source"]["member"],
+        "h2k-bios-disk1.vmdk"
+    );
     assert_eq!(report["sources"][0]["vmdk_subformat"], "streamOptimized");
     assert_eq!(
         report["validation"][0]["booted"], true,
