@@ -499,3 +499,83 @@ fn ova_with_a_stream_optimized_vmdk_is_read_in_place_and_boots_after_fix() {
         ],
     );
 }
+
+/// A UEFI guest that booted on VMware through an NVRAM entry (`\EFI\debian\grubx64.efi`, no
+/// removable-media path) finds nothing to boot under fresh OVMF variables; the fix creates
+/// `\EFI\BOOT\BOOTX64.EFI`.
+#[test]
+fn uefi_guest_without_removable_boot_path_gets_one_and_boots_on_virtio() {
+    let fixture_vmdk = fixture("debian12-uefi-dracut-lvm");
+    let fixture_sum = sha256_file(&fixture_vmdk);
+    let dir = tempfile::tempdir().unwrap();
+    // The variant is a qcow2 layer over the fixture: the fixture itself is never written.
+    let src = dir.path().join("nvram-only.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "vmdk", "-b"])
+        .arg(&fixture_vmdk)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _vm = vm_lock();
+    let mut gf = Command::new("guestfish")
+        .arg("-a")
+        .arg(&src)
+        .env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    gf.stdin
+        .take()
+        .unwrap()
+        .write_all(b"run\nmount /dev/sda1 /\nmv /EFI/BOOT /EFI/debian\nmv /EFI/debian/BOOTX64.EFI /EFI/debian/grubx64.efi\n")
+        .unwrap();
+    assert!(
+        gf.wait().unwrap().success(),
+        "guestfish could not move the loader"
+    );
+
+    // Control: on its own bus, with no NVRAM entry, the firmware finds nothing to boot.
+    let control = h2k([
+        Path::new("validate"),
+        Path::new("--boot"),
+        Path::new("--bus"),
+        Path::new("sata"),
+        Path::new("--timeout"),
+        Path::new("120"),
+        &src,
+    ]);
+    assert_eq!(control.code(), Some(1), "{}", control.describe());
+    assert!(
+        control.stderr().contains("nothing to boot"),
+        "{}",
+        control.describe()
+    );
+
+    let out = dir.path().join("out.qcow2");
+    let run = h2k([
+        Path::new("fix"),
+        Path::new("--boot-check"),
+        &src,
+        Path::new("-o"),
+        &out,
+    ]);
+    assert!(run.success(), "{}", run.describe());
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out.qcow2.report.json")).unwrap(),
+    )
+    .unwrap();
+    let fallback = fix_record(&report, "uefi-fallback");
+    assert_eq!(fallback["status"], "changed", "{fallback:#}");
+    assert_eq!(
+        fallback["files"][0]["path"],
+        "/boot/efi/EFI/BOOT/BOOTX64.EFI"
+    );
+    assert_eq!(report["validation"][0]["booted"], true);
+    assert_eq!(
+        sha256_file(&fixture_vmdk),
+        fixture_sum,
+        "the fixture was modified"
+    );
+}

@@ -8,6 +8,7 @@ pub mod fstab;
 pub mod grub;
 pub mod initramfs;
 pub mod network;
+pub mod uefi_fallback;
 pub mod vmware_tools;
 
 use std::time::Instant;
@@ -173,6 +174,9 @@ pub fn apply_all(
         records.push(grub::run(guest, warnings)?);
     } else {
         records.push(skipped("grub", "disabled"));
+    }
+    if plan.update_grub {
+        records.push(uefi_fallback::run(guest)?);
     }
     if plan.network_cleanup {
         records.push(network::run(guest)?);
