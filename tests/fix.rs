@@ -8,16 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture, fixture_facts, h2k, sha256_file, vm_lock};
-
-fn one_error_line(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("h2k-guest: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "expected exactly one error line:\n{stderr}");
-    lines[0].to_string()
-}
+use common::{fixture, fixture_facts, h2k, one_error_line, read_json, sha256_file, vm_lock};
 
 /// Nothing but `keep` is left in `dir`: no `.part`, no hidden work directory.
 fn assert_only(dir: &Path, keep: &[&str]) {
@@ -128,8 +119,7 @@ fn bios_fixture_fixed_from_a_seed_manifest_boots_on_virtio() {
     );
     assert_eq!(sha256_file(&src), before, "the source disk was modified");
 
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let report: serde_json::Value = read_json(&report_path);
     assert_eq!(report["status"], "success");
     assert_eq!(report["sources"][0]["sha256"], format!("sha256:{before}"));
     assert_eq!(report["os"]["distro"], "debian");
@@ -225,10 +215,7 @@ fn uefi_dracut_lvm_fixture_fixed_from_an_artifact_yaml_manifest_boots_on_virtio(
     assert!(out.is_file(), "{}", run.describe());
     assert_eq!(sha256_file(&src), before, "the source disk was modified");
 
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("boot.qcow2.report.json")).unwrap(),
-    )
-    .unwrap();
+    let report: serde_json::Value = read_json(&dir.path().join("boot.qcow2.report.json"));
     assert_eq!(report["os"]["firmware"]["kind"], "uefi");
     assert_eq!(report["os"]["initramfs_tool"], "dracut");
     let fstab = fix_record(&report, "fstab");
@@ -279,10 +266,7 @@ fn missing_source_fails_early_with_the_path_and_leaves_nothing() {
     assert!(line.contains("load stage"), "{line}");
     // Only the failure report is left: no output, no .part, no work directory.
     assert_only(dir.path(), &["out.qcow2.report.json"]);
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("out.qcow2.report.json")).unwrap(),
-    )
-    .unwrap();
+    let report: serde_json::Value = read_json(&dir.path().join("out.qcow2.report.json"));
     assert_eq!(report["status"], "failed");
     assert_eq!(report["failed_stage"], "load");
 }
@@ -474,10 +458,7 @@ fn ova_with_a_stream_optimized_vmdk_is_read_in_place_and_boots_after_fix() {
     ]);
     assert!(run.success(), "{}", run.describe());
     eprintln!("OVA fix + boot check took {:.1} s", run.seconds);
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("out.qcow2.report.json")).unwrap(),
-    )
-    .unwrap();
+    let report: serde_json::Value = read_json(&dir.path().join("out.qcow2.report.json"));
     assert_eq!(
         report["sources"][0]["source"]["member"],
         "h2k-bios-disk1.vmdk"
@@ -562,10 +543,7 @@ fn uefi_guest_without_removable_boot_path_gets_one_and_boots_on_virtio() {
         &out,
     ]);
     assert!(run.success(), "{}", run.describe());
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("out.qcow2.report.json")).unwrap(),
-    )
-    .unwrap();
+    let report: serde_json::Value = read_json(&dir.path().join("out.qcow2.report.json"));
     let fallback = fix_record(&report, "uefi-fallback");
     assert_eq!(fallback["status"], "changed", "{fallback:#}");
     assert_eq!(

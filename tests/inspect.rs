@@ -5,17 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixture, fixture_facts, h2k, vm_lock};
-
-fn one_line(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("h2k-guest: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "expected exactly one error line:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    lines[0].to_string()
-}
+use common::{fixture, fixture_facts, h2k, one_error_line, vm_lock};
 
 #[test]
 fn version_names_the_libguestfs_it_was_built_against() {
@@ -141,7 +131,7 @@ fn inspect_of_a_text_file_is_one_line_and_exit_1_without_an_appliance() {
     std::fs::write(&file, "this is not a disk\n").unwrap();
     let run = h2k([Path::new("inspect"), &file]);
     assert_eq!(run.code(), Some(1), "{}", run.describe());
-    let line = one_line(&run.stderr());
+    let line = one_error_line(&run.stderr());
     assert!(
         line.contains(&file.display().to_string()) && line.contains("not a disk image"),
         "{line}"
@@ -159,7 +149,7 @@ fn inspect_of_missing_file_directory_and_bad_usage() {
     let missing = dir.path().join("nope.vmdk");
     let run = h2k([Path::new("inspect"), &missing]);
     assert_eq!(run.code(), Some(1));
-    let line = one_line(&run.stderr());
+    let line = one_error_line(&run.stderr());
     assert!(
         line.contains("nope.vmdk") && line.contains("no such file"),
         "{line}"
@@ -167,7 +157,7 @@ fn inspect_of_missing_file_directory_and_bad_usage() {
 
     let run = h2k([Path::new("inspect"), dir.path()]);
     assert_eq!(run.code(), Some(1));
-    assert!(one_line(&run.stderr()).contains("is a directory"));
+    assert!(one_error_line(&run.stderr()).contains("is a directory"));
 
     let run = h2k(["inspect"]);
     assert_eq!(
@@ -192,7 +182,7 @@ fn inspect_of_a_truncated_vmdk_names_the_file() {
     std::fs::write(&broken, &head).unwrap();
     let run = h2k([Path::new("inspect"), &broken]);
     assert_eq!(run.code(), Some(1), "{}", run.describe());
-    let line = one_line(&run.stderr());
+    let line = one_error_line(&run.stderr());
     assert!(line.contains("broken.vmdk"), "{line}");
 }
 
@@ -210,7 +200,7 @@ fn inspect_of_a_blank_disk_says_no_operating_system() {
     let _vm = vm_lock();
     let run = h2k([Path::new("inspect"), &blank]);
     assert_eq!(run.code(), Some(1), "{}", run.describe());
-    let line = one_line(&run.stderr());
+    let line = one_error_line(&run.stderr());
     assert!(
         line.contains("blank.qcow2") && line.contains("no operating system found"),
         "{line}"

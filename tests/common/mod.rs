@@ -195,3 +195,20 @@ pub fn within<T>(limit: Duration, what: &str, f: impl FnOnce() -> T) -> T {
     );
     v
 }
+
+/// The single `h2k-guest: error:` line of a failed run (and no panic): errors are one line.
+pub fn one_error_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("h2k-guest: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected exactly one error line:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    lines[0].to_string()
+}
+
+/// A JSON file (a report) parsed, panicking with its path when it is missing or malformed.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
