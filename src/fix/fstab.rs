@@ -699,23 +699,13 @@ pub fn run(
         if !guest.is_file(STEP, path)? {
             continue;
         }
-        let text = guest
-            .g
-            .read_to_string(path)
-            .map_err(super::Guest::err(STEP))?;
-        let map = device_map(guest, &specs_of(&text, mode));
-        let rewrite = transform(&text, mode, &map);
-        warnings.extend(rewrite.warnings.iter().map(|w| format!("{path}: {w}")));
-        count += rewrite.changes.len();
-        let note = rewrite
-            .changes
-            .iter()
-            .map(|c| format!("{} {} → {}", c.field, c.old, c.new))
-            .collect::<Vec<_>>()
-            .join("; ");
-        if let Some(change) = guest.edit_file(STEP, path, &note, |_| rewrite.text.clone())? {
-            files.push(change);
-        }
+        let change = guest.rewrite_file(STEP, path, warnings, |text| {
+            let map = device_map(guest, &specs_of(text, mode));
+            let rewrite = transform(text, mode, &map);
+            count += rewrite.changes.len();
+            rewrite
+        })?;
+        files.extend(change);
     }
     let summary = if count == 0 {
         "no unstable device names".to_string()

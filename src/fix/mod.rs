@@ -59,13 +59,45 @@ impl Guest<'_> {
         note: &str,
         transform: impl FnOnce(&str) -> String,
     ) -> Result<Option<FileChange>, FixError> {
+        self.edit_file_noted(step, path, |old| (transform(old), note.to_string()))
+    }
+
+    /// [`Guest::edit_file`] for the pure transforms that return a [`fstab::Rewrite`]: its
+    /// warnings are added to `warnings` (prefixed with the path) and its changes become the
+    /// note. The file is read once.
+    pub fn rewrite_file(
+        &self,
+        step: &'static str,
+        path: &str,
+        warnings: &mut Vec<String>,
+        transform: impl FnOnce(&str) -> fstab::Rewrite,
+    ) -> Result<Option<FileChange>, FixError> {
+        self.edit_file_noted(step, path, |old| {
+            let rewrite = transform(old);
+            warnings.extend(rewrite.warnings.iter().map(|w| format!("{path}: {w}")));
+            let note = rewrite
+                .changes
+                .iter()
+                .map(|c| format!("{}: {} → {}", c.field, c.old, c.new))
+                .collect::<Vec<_>>()
+                .join("; ");
+            (rewrite.text, note)
+        })
+    }
+
+    fn edit_file_noted(
+        &self,
+        step: &'static str,
+        path: &str,
+        transform: impl FnOnce(&str) -> (String, String),
+    ) -> Result<Option<FileChange>, FixError> {
         let file_err = |cause| FixError::File {
             step,
             path: path.to_string(),
             cause,
         };
         let old = self.g.read_to_string(path).map_err(file_err)?;
-        let new = transform(&old);
+        let (new, note) = transform(&old);
         if new == old {
             return Ok(None);
         }
@@ -78,7 +110,7 @@ impl Guest<'_> {
         Ok(Some(FileChange {
             path: path.to_string(),
             diff: unified_diff(path, &old, &new),
-            note: note.to_string(),
+            note,
         }))
     }
 
