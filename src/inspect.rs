@@ -120,23 +120,39 @@ pub fn find_roots(g: &Guestfs) -> Result<Vec<String>, InspectError> {
     Ok(roots)
 }
 
+/// The appliance's view of the disks, read once: `list_filesystems` probes every device (LVM,
+/// md, signatures) and costs about 1.5 s per call under TCG.
+#[derive(Debug, Clone)]
+pub struct Disks {
+    /// (device, filesystem type) as libguestfs lists them.
+    pub filesystems: Vec<(String, String)>,
+    pub disk_count: usize,
+}
+
+pub fn scan_disks(g: &Guestfs) -> Result<Disks, GuestfsError> {
+    Ok(Disks {
+        filesystems: g.list_filesystems()?,
+        disk_count: g.list_devices()?.len(),
+    })
+}
+
 /// The guest's mountpoints with each device as the appliance names it. libguestfs resolves
 /// `/dev/sdX`, `UUID=` and `LABEL=` itself but passes `/dev/disk/by-path/…` and
 /// `/dev/disk/by-id/…` through unchanged; those are mapped by their partition number.
 pub fn resolved_mountpoints(
     g: &Guestfs,
     root: &str,
+    disks: &Disks,
 ) -> Result<Vec<(String, String)>, GuestfsError> {
-    let known: Vec<String> = g.list_filesystems()?.into_iter().map(|(d, _)| d).collect();
-    let disk_count = g.list_devices()?.len();
+    let known = |dev: &str| disks.filesystems.iter().any(|(d, _)| d == dev);
     Ok(g.inspect_get_mountpoints(root)?
         .into_iter()
         .map(|(mp, dev)| {
-            if known.contains(&dev) {
+            if known(&dev) {
                 return (mp, dev);
             }
-            match crate::fix::fstab::appliance_device_for(&dev, disk_count)
-                .filter(|d| known.contains(d))
+            match crate::fix::fstab::appliance_device_for(&dev, disks.disk_count)
+                .filter(|d| known(d))
             {
                 Some(resolved) => (mp, resolved),
                 None => (mp, dev),
@@ -145,10 +161,8 @@ pub fn resolved_mountpoints(
         .collect())
 }
 
-/// Mount the guest's filesystems for `root` at their mountpoints (shortest path first).
-/// Filesystems that fail to mount (e.g. a stale fstab entry) are skipped with a warning.
-pub fn mount_guest(g: &Guestfs, root: &str) -> Result<Vec<String>, InspectError> {
-    let mut mps = resolved_mountpoints(g, root)?;
+pub fn mount_guest(g: &Guestfs, root: &str, disks: &Disks) -> Result<Vec<String>, InspectError> {
+    let mut mps = resolved_mountpoints(g, root, disks)?;
     mps.sort_by_key(|(mp, _)| mp.len());
     let mut warnings = Vec::new();
     for (mp, dev) in mps {
@@ -163,12 +177,12 @@ pub fn mount_guest(g: &Guestfs, root: &str) -> Result<Vec<String>, InspectError>
 }
 
 /// Inspect one root; the guest must be mounted (see [`mount_guest`]).
-pub fn inspect_root(g: &Guestfs, root: &str) -> Result<OsInfo, InspectError> {
-    let mountpoints: Vec<Mountpoint> = resolved_mountpoints(g, root)?
+pub fn inspect_root(g: &Guestfs, root: &str, disks: &Disks) -> Result<OsInfo, InspectError> {
+    let mountpoints: Vec<Mountpoint> = resolved_mountpoints(g, root, disks)?
         .into_iter()
         .map(|(mountpoint, device)| Mountpoint { mountpoint, device })
         .collect();
-    let filesystems = list_filesystems(g)?;
+    let filesystems = describe_filesystems(g, disks);
     let kernels = list_kernels(g)?;
     let default_kernel = kernels.last().map(|k| k.version.clone());
     let virtio_blk_in_default_initramfs = kernels.last().and_then(|k| k.has_virtio_blk);
@@ -195,26 +209,21 @@ pub fn inspect_root(g: &Guestfs, root: &str) -> Result<OsInfo, InspectError> {
     })
 }
 
-fn list_filesystems(g: &Guestfs) -> Result<Vec<Filesystem>, GuestfsError> {
-    let mut out = Vec::new();
-    for (device, fs_type) in g.list_filesystems()? {
-        if fs_type == "unknown" {
-            continue;
-        }
-        let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
-        let uuid = g.vfs_uuid(&device).ok().and_then(nonempty);
-        let label = g.vfs_label(&device).ok().and_then(nonempty);
-        out.push(Filesystem {
-            device,
-            fs_type,
-            uuid,
-            label,
-        });
-    }
-    Ok(out)
+fn describe_filesystems(g: &Guestfs, disks: &Disks) -> Vec<Filesystem> {
+    let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
+    disks
+        .filesystems
+        .iter()
+        .filter(|(_, fs_type)| fs_type != "unknown")
+        .map(|(device, fs_type)| Filesystem {
+            device: device.clone(),
+            fs_type: fs_type.clone(),
+            uuid: g.vfs_uuid(device).ok().and_then(nonempty),
+            label: g.vfs_label(device).ok().and_then(nonempty),
+        })
+        .collect()
 }
 
-/// Compare kernel versions ("6.1.0-18-amd64" < "6.1.0-25-amd64") by numeric runs.
 pub fn compare_kernel_versions(a: &str, b: &str) -> Ordering {
     fn parts(s: &str) -> Vec<Result<u64, &str>> {
         let mut out = Vec::new();

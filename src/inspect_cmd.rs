@@ -69,11 +69,12 @@ pub fn inspect_disk(
         cause,
     };
     let roots = inspect::find_roots(&app.g).map_err(wrap)?;
+    let disks = inspect::scan_disks(&app.g).map_err(|e| wrap(e.into()))?;
     let mut oses = Vec::new();
     let mut warnings = Vec::new();
     for root in &roots {
-        warnings.extend(inspect::mount_guest(&app.g, root).map_err(wrap)?);
-        oses.push(inspect::inspect_root(&app.g, root).map_err(wrap)?);
+        warnings.extend(inspect::mount_guest(&app.g, root, &disks).map_err(wrap)?);
+        oses.push(inspect::inspect_root(&app.g, root, &disks).map_err(wrap)?);
         app.g.umount_all().map_err(|e| wrap(e.into()))?;
     }
     Ok(InspectReport {

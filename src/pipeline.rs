@@ -237,9 +237,11 @@ fn run_stages(
                 roots[0]
             ));
         }
-        let mount_warnings = inspect::mount_guest(&app.g, &roots[0]).map_err(inspect_err)?;
+        let disks = inspect::scan_disks(&app.g).map_err(|e| inspect_err(e.into()))?;
+        let mount_warnings =
+            inspect::mount_guest(&app.g, &roots[0], &disks).map_err(inspect_err)?;
         r.warnings.extend(mount_warnings);
-        inspect::inspect_root(&app.g, &roots[0]).map_err(inspect_err)
+        inspect::inspect_root(&app.g, &roots[0], &disks).map_err(inspect_err)
     })?;
     log::info!(
         "found {} ({} {}.{}), {} firmware, {}",
