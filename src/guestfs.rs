@@ -572,6 +572,16 @@ impl Guestfs {
         Ok(out)
     }
 
+    /// Copy a guest file to a host file (streamed; no message-size limit).
+    pub fn download(&self, remote: &str, local: &std::path::Path) -> Result<()> {
+        const CALL: &str = "guestfs_download";
+        let r = cstring(CALL, remote)?;
+        let l = cstring(CALL, &local.to_string_lossy())?;
+        // SAFETY: valid handle and arguments.
+        let rc = unsafe { sys::guestfs_download(self.handle, r.as_ptr(), l.as_ptr()) };
+        self.check(CALL, rc).map(drop)
+    }
+
     /// File contents as text (lossy UTF-8).
     pub fn read_to_string(&self, path: &str) -> Result<String> {
         self.read_file(path)

@@ -339,8 +339,14 @@ pub fn module_name_of(path: &str) -> Option<&str> {
     (file.len() > stem.len()).then_some(stem)
 }
 
-/// The initramfs file list through the guest's own lister (lsinitramfs or lsinitrd).
+/// The file list of an initramfs: read on the host when its compression is one we decode
+/// (a 0.2 s download instead of 1.5-9 s of the guest's lister under TCG), else through the
+/// guest's own lister (lsinitramfs or lsinitrd) inside the appliance.
 fn list_initramfs(g: &Guestfs, path: &str) -> Option<String> {
+    match list_initramfs_on_host(g, path) {
+        Ok(paths) => return Some(paths.join("\n")),
+        Err(why) => log::debug!("{path}: listing in the guest instead: {why}"),
+    }
     for lister in [
         "/usr/bin/lsinitramfs",
         "/usr/sbin/lsinitramfs",
@@ -355,6 +361,16 @@ fn list_initramfs(g: &Guestfs, path: &str) -> Option<String> {
         }
     }
     None
+}
+
+fn list_initramfs_on_host(g: &Guestfs, path: &str) -> Result<Vec<String>, String> {
+    let tmp = tempfile::Builder::new()
+        .prefix("h2k-initramfs-")
+        .tempfile()
+        .map_err(|e| format!("cannot create a temporary file: {e}"))?;
+    g.download(path, tmp.path()).map_err(|e| e.to_string())?;
+    let image = std::fs::read(tmp.path()).map_err(|e| e.to_string())?;
+    crate::initramfs_image::list_paths(&image).map_err(|e| e.to_string())
 }
 
 fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod daemon;
 pub mod fix;
 pub mod guestfs;
+pub mod initramfs_image;
 pub mod inspect;
 pub mod inspect_cmd;
 pub mod load;
