@@ -13,6 +13,7 @@
 #   floor       qemu-img convert -W -O qcow2 SRC OUT                    (h2k's qemu-img options)
 #   floor-z     qemu-img convert -W -O qcow2 -c -o compression_type=zstd SRC OUT
 #   floor-same  qemu-img convert -W -O qcow2 H2K_OUT OUT                (the data h2k copies)
+#   floor-nbd   qemu-nbd SRC + qemu-img convert nbd+unix:// + fsync      (h2k's CONVERT, bare)
 #   appliance   guestfish --ro -a SRC set-smp V : set-memsize M : run   (h2k's vCPUs/memory)
 # then once per fixture: validate --boot --bus virtio of h2k's and virt-v2v's last outputs; and
 # once (first fixture) the growth check: the source copied to qcow2 and resized to 20 GiB (the new
@@ -268,6 +269,9 @@ for spec in "${FIX_LIST[@]}"; do
             measure "$fixture" floor-same "$r" "$D/floor-same.qcow2" "" -- \
                 qemu-img convert -W -O qcow2 "$D/h2k.qcow2" "$D/floor-same.qcow2"
             rm -f "$D/floor-same.qcow2"
+            measure "$fixture" floor-nbd "$r" "$D/floor-nbd.qcow2" "" -- \
+                bash "$SCRIPTS_DIR/bench/nbd-floor.sh" "$src" "$D/floor-nbd.qcow2"
+            rm -f "$D/floor-nbd.qcow2"
         fi
         [ "$r" -lt "$fixture_rounds" ] && rm -rf "$D/v2v" "$D"/h2k*.qcow2
     done
