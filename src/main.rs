@@ -147,6 +147,10 @@ struct FixArgs {
     /// Leave GRUB alone.
     #[arg(long)]
     no_grub: bool,
+    /// Regenerate grub.cfg with the guest's grub-mkconfig even when patching its kernel lines
+    /// in place is enough.
+    #[arg(long)]
+    regenerate_grub: bool,
     /// Leave the initramfs alone.
     #[arg(long)]
     no_initramfs: bool,
@@ -328,6 +332,7 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
         plan.fix.fstab_mode = m.parse().map_err(anyhow::Error::msg)?;
     }
     plan.fix.update_grub &= !args.no_grub;
+    plan.fix.regenerate_grub |= args.regenerate_grub;
     plan.fix.initramfs &= !args.no_initramfs;
     plan.fix.force_initramfs |= args.force_initramfs;
     plan.fix.remove_vmware_tools |= args.remove_vmware_tools;

@@ -1046,8 +1046,9 @@ fn seed_fix(obj: Option<Obj>, w: &mut Vec<String>) -> Res<FixPlan> {
             FstabMode::Noop
         };
     }
-    if let Some(grub) = f.object("grub", &["enabled"], w)? {
+    if let Some(grub) = f.object("grub", &["enabled", "regenerate"], w)? {
         fix.update_grub = grub.bool("enabled")?.unwrap_or(true);
+        fix.regenerate_grub = grub.bool("regenerate")?.unwrap_or(false);
     }
     if let Some(initramfs) = f.object("initramfs", &["enabled", "regenerate", "force"], w)? {
         let enabled = initramfs.bool("enabled")?.unwrap_or(true);
@@ -1127,6 +1128,7 @@ const ARTIFACT_FIX_KEYS: &[&str] = &[
     "remove_vmware_tools",
     // h2k-guest extensions, for parity with the seed format.
     "force_initramfs",
+    "regenerate_grub",
     "network_cleanup",
     "trim",
 ];
@@ -1409,6 +1411,7 @@ fn artifact_fix(f: &Obj, fix: &mut FixPlan) -> Res<()> {
         fix.force_initramfs = true;
         fix.initramfs = true;
     }
+    f.set_bool("regenerate_grub", &mut fix.regenerate_grub)?;
     f.set_bool("network_cleanup", &mut fix.network_cleanup)?;
     f.set_bool("trim", &mut fix.trim)?;
     Ok(())
@@ -1627,6 +1630,27 @@ mod tests {
         assert_eq!(plan.fix.fstab_mode, FstabMode::Noop);
         assert!(!plan.fix.update_grub);
         assert!(!plan.fix.initramfs && !plan.fix.force_initramfs);
+    }
+
+    #[test]
+    fn seed_grub_regenerate() {
+        let fx = Fixture::new();
+        let plan = fx.parse("m.json", &fx.seed()).unwrap();
+        assert!(plan.fix.update_grub && !plan.fix.regenerate_grub);
+        let text = edit(
+            &fx.seed(),
+            r#""grub": {"enabled": true}"#,
+            r#""grub": {"enabled": true, "regenerate": true}"#,
+        );
+        let plan = fx.parse("m.json", &text).unwrap();
+        assert!(plan.fix.update_grub && plan.fix.regenerate_grub);
+        let text = edit(
+            &fx.seed(),
+            r#""grub": {"enabled": true}"#,
+            r#""grub": {"enabled": true, "regenerate": "yes"}"#,
+        );
+        let err = fx.parse("m.json", &text).unwrap_err().to_string();
+        assert!(err.contains("regenerate"), "{err}");
     }
 
     #[test]
@@ -1937,7 +1961,7 @@ options: {{dry_run: false, verbose: 1}}
         let text = edit(
             &fx.artifact(),
             r#""remove_vmware_tools": true}"#,
-            r#""remove_vmware_tools": true, "force_initramfs": true, "network_cleanup": false, "trim": false}"#,
+            r#""remove_vmware_tools": true, "force_initramfs": true, "regenerate_grub": true, "network_cleanup": false, "trim": false}"#,
         );
         let text = edit(
             &text,
@@ -1951,6 +1975,7 @@ options: {{dry_run: false, verbose: 1}}
         );
         let plan = fx.parse("m.json", &text).unwrap();
         assert!(plan.fix.force_initramfs && plan.fix.initramfs);
+        assert!(plan.fix.regenerate_grub);
         assert!(!plan.fix.network_cleanup && !plan.fix.trim);
         assert!(!plan.inspect);
         assert!(!plan.validate.enabled);

@@ -112,8 +112,11 @@ pub struct DiskPlan {
 pub struct FixPlan {
     pub enabled: bool,
     pub fstab_mode: FstabMode,
-    /// Rewrite root= on the kernel command line and regenerate the GRUB config.
+    /// Rewrite root= on the kernel command line (in /etc/default/grub and grub.cfg).
     pub update_grub: bool,
+    /// Regenerate grub.cfg with the guest's grub-mkconfig even when patching its kernel lines
+    /// in place is enough.
+    pub regenerate_grub: bool,
     /// Make sure virtio drivers are in the initramfs (rebuild only when missing).
     pub initramfs: bool,
     /// Rebuild the initramfs even when virtio drivers are already present.
@@ -133,6 +136,7 @@ impl Default for FixPlan {
             enabled: true,
             fstab_mode: FstabMode::StabilizeAll,
             update_grub: true,
+            regenerate_grub: false,
             initramfs: true,
             force_initramfs: false,
             remove_vmware_tools: false,

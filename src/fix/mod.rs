@@ -203,7 +203,7 @@ pub fn apply_all(
         records.push(skipped("initramfs", "disabled"));
     }
     if plan.update_grub {
-        records.push(grub::run(guest, warnings)?);
+        records.push(grub::run(guest, plan.regenerate_grub, warnings)?);
     } else {
         records.push(skipped("grub", "disabled"));
     }
