@@ -70,6 +70,9 @@ pub struct Kernel {
     pub virtio_modules: Vec<String>,
     /// Whether virtio_blk is available at boot (in the initramfs or built in); None = unknown.
     pub has_virtio_blk: Option<bool>,
+    /// What listed the initramfs: "host" (read by h2k-guest), or the guest's lister when the
+    /// image's compression is not one h2k-guest decodes; None when it could not be listed.
+    pub initramfs_listed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -286,28 +289,38 @@ fn list_kernels(g: &Guestfs) -> Result<Vec<Kernel>, GuestfsError> {
                 break;
             }
         }
-        let (virtio_modules, has_virtio_blk) = virtio_in_boot(g, &version, initramfs.as_deref());
+        let drivers = virtio_in_boot(g, &version, initramfs.as_deref());
         out.push(Kernel {
             vmlinuz: format!("/boot/vmlinuz-{version}"),
             version,
             initramfs,
-            virtio_modules,
-            has_virtio_blk,
+            virtio_modules: drivers.modules,
+            has_virtio_blk: drivers.has_virtio_blk,
+            initramfs_listed_by: drivers.listed_by,
         });
     }
     Ok(out)
 }
 
+/// The virtio drivers a kernel has at boot.
+pub struct BootDrivers {
+    /// virtio drivers built in or in the initramfs.
+    pub modules: Vec<String>,
+    /// None when neither the initramfs nor modules.builtin could be read.
+    pub has_virtio_blk: Option<bool>,
+    /// See [`Kernel::initramfs_listed_by`].
+    pub listed_by: Option<String>,
+}
+
 /// Which virtio drivers are available at boot for this kernel: built in, or in the initramfs.
-pub fn virtio_in_boot(
-    g: &Guestfs,
-    version: &str,
-    initramfs: Option<&str>,
-) -> (Vec<String>, Option<bool>) {
+pub fn virtio_in_boot(g: &Guestfs, version: &str, initramfs: Option<&str>) -> BootDrivers {
     let builtin = g
         .read_to_string(&format!("/lib/modules/{version}/modules.builtin"))
         .unwrap_or_default();
-    let listing = initramfs.and_then(|path| list_initramfs(g, path));
+    let (listing, listed_by) = match initramfs.and_then(|path| list_initramfs(g, path)) {
+        Some((listing, by)) => (Some(listing), Some(by)),
+        None => (None, None),
+    };
     let mut found = Vec::new();
     for m in VIRTIO_MODULES {
         let file = format!("/{m}.ko");
@@ -322,14 +335,11 @@ pub fn virtio_in_boot(
     }
     let known = listing.is_some() || !builtin.is_empty();
     let has_blk = found.iter().any(|m| m == "virtio_blk");
-    (
-        found,
-        if known && (listing.is_some() || has_blk) {
-            Some(has_blk)
-        } else {
-            None
-        },
-    )
+    BootDrivers {
+        modules: found,
+        has_virtio_blk: (known && (listing.is_some() || has_blk)).then_some(has_blk),
+        listed_by,
+    }
 }
 
 /// "usr/lib/modules/6.1/kernel/drivers/block/virtio_blk.ko.xz" → "virtio_blk".
@@ -342,9 +352,10 @@ pub fn module_name_of(path: &str) -> Option<&str> {
 /// The file list of an initramfs: read on the host when its compression is one we decode
 /// (a 0.2 s download instead of 1.5-9 s of the guest's lister under TCG), else through the
 /// guest's own lister (lsinitramfs or lsinitrd) inside the appliance.
-fn list_initramfs(g: &Guestfs, path: &str) -> Option<String> {
+/// Returns the listing and what made it ("host" or the lister's path).
+fn list_initramfs(g: &Guestfs, path: &str) -> Option<(String, String)> {
     match list_initramfs_on_host(g, path) {
-        Ok(paths) => return Some(paths.join("\n")),
+        Ok(paths) => return Some((paths.join("\n"), "host".into())),
         Err(why) => log::debug!("{path}: listing in the guest instead: {why}"),
     }
     for lister in [
@@ -355,7 +366,7 @@ fn list_initramfs(g: &Guestfs, path: &str) -> Option<String> {
     ] {
         if g.is_file(lister).unwrap_or(false) {
             match g.command(&[lister, path]) {
-                Ok(out) => return Some(out),
+                Ok(out) => return Some((out, lister.into())),
                 Err(e) => log::debug!("{lister} {path} failed: {e}"),
             }
         }

@@ -37,6 +37,17 @@ fn fix_record<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::
         .unwrap_or_else(|| panic!("no fix {name}"))
 }
 
+/// The report's note on /boot/grub/grub.cfg ("" when it was not changed).
+fn grub_cfg_note(report: &serde_json::Value) -> String {
+    fix_record(report, "grub")["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/boot/grub/grub.cfg")
+        .map(|f| f["note"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
 fn boot_on_virtio(image: &Path) {
     let run = h2k([
         Path::new("validate"),
@@ -166,6 +177,11 @@ fn bios_fixture_fixed_from_a_seed_manifest_boots_on_virtio() {
     assert!(
         grub_files.contains(&"/etc/default/grub") && grub_files.contains(&"/boot/grub/grub.cfg"),
         "{grub_files:?}"
+    );
+    assert!(
+        grub_cfg_note(&report).contains("patched in place"),
+        "by default grub.cfg is patched, not regenerated: {}",
+        grub_cfg_note(&report)
     );
     assert_eq!(fix_record(&report, "network")["status"], "changed");
     assert_eq!(report["outputs"][0]["compressed"], true);
@@ -449,9 +465,11 @@ fn ova_with_a_stream_optimized_vmdk_is_read_in_place_and_boots_after_fix() {
     let before = sha256_file(&ova);
     let out = dir.path().join("out.qcow2");
     let _vm = vm_lock();
+    // --regenerate-grub: the guest's grub-mkconfig path, booted for real here.
     let run = h2k([
         Path::new("fix"),
         Path::new("--boot-check"),
+        Path::new("--regenerate-grub"),
         &ova,
         Path::new("-o"),
         &out,
@@ -464,6 +482,8 @@ fn ova_with_a_stream_optimized_vmdk_is_read_in_place_and_boots_after_fix() {
         "h2k-bios-disk1.vmdk"
     );
     assert_eq!(report["sources"][0]["vmdk_subformat"], "streamOptimized");
+    let note = grub_cfg_note(&report);
+    assert!(note.contains("regenerated"), "{note}");
     assert_eq!(
         report["validation"][0]["booted"], true,
         "{:#}",

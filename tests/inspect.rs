@@ -61,6 +61,8 @@ fn inspect_reports_the_bios_fixture_as_built() {
     );
     // The control for the whole product: the exported guest has no virtio in its initramfs.
     assert_eq!(os["virtio_blk_in_default_initramfs"], false);
+    // Read by h2k-guest's own lister (zstd), not the slower fallback in the appliance.
+    assert_eq!(os["kernels"][0]["initramfs_listed_by"], "host");
     let root_uuid = facts["partitions"][0]["uuid"].as_str().unwrap();
     let fss = os["filesystems"].as_array().unwrap();
     assert!(
@@ -100,6 +102,7 @@ fn inspect_reports_the_uefi_dracut_lvm_fixture_and_its_table() {
     assert_eq!(os["initramfs_tool"], "dracut");
     assert_eq!(os["bootloader"]["kind"], "grub2");
     assert_eq!(os["virtio_blk_in_default_initramfs"], false);
+    assert_eq!(os["kernels"][0]["initramfs_listed_by"], "host");
     assert_eq!(os["default_kernel"], facts["kernel_version"]);
     let mps = os["mountpoints"].as_array().unwrap();
     let dev_of = |mp: &str| {

@@ -213,7 +213,7 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
             message: format!("{} failed: {}", tool, cause.message),
         })
         .and_then(|_| {
-            let (found, _) = inspect::virtio_in_boot(guest.g, &kernel.version, Some(&initramfs));
+            let found = inspect::virtio_in_boot(guest.g, &kernel.version, Some(&initramfs)).modules;
             let missing: Vec<&str> = REQUIRED
                 .iter()
                 .copied()
@@ -277,6 +277,7 @@ mod tests {
             initramfs: Some(format!("/boot/initrd.img-{v}")),
             virtio_modules: mods.iter().map(|s| s.to_string()).collect(),
             has_virtio_blk: Some(mods.contains(&"virtio_blk")),
+            initramfs_listed_by: Some("host".into()),
         }
     }
 
