@@ -7,16 +7,21 @@
 //! compressed stream whose output is itself one or more such archives. Zero bytes may pad
 //! anything that follows a trailer (`TRAILER!!!`) or a compressed stream.
 //!
-//! gzip, zstd and xz are decoded here in pure Rust; any other compression the kernel knows
+//! gzip and zstd are decoded here in pure Rust, xz with liblzma; any other compression the kernel knows
 //! (lz4, lzma, bzip2, lzo) is an [`InitramfsImageError::UnsupportedCompression`], so the
 //! caller can fall back to the guest's own tool. Nothing partial is ever returned: whatever
 //! cannot be read to the end of the image is an error.
 //!
-//! Decompressed output is parsed as it is produced (nothing holds a decompressed copy of the
-//! image), so the memory used is about one decoder window plus the list of names.
+//! The image is read as a stream ([`list_paths_from_file`] never holds the whole file), and
+//! decompressed output is parsed as it is produced (nothing holds a decompressed copy of the
+//! image), so the memory used is about one read buffer and one decoder window (for zstd,
+//! the frame's window, at most [`MAX_ZSTD_WINDOW`]; for xz, the dictionary, at most
+//! [`MAX_XZ_MEMORY`]) plus the list of names.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Cursor, Read, Seek, Write};
+use std::path::{Path, PathBuf};
 
 /// The compressed formats decoded here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +83,14 @@ pub enum InitramfsImageError {
         compression: Compression,
         reason: String,
     },
+    /// Reading the image failed (`path` is the file read, if it was one; `offset` is the
+    /// byte of the image being read).
+    #[error("cannot read the initramfs image{} at byte {offset}: {reason}", of_path(.path))]
+    Io {
+        path: Option<PathBuf>,
+        offset: u64,
+        reason: String,
+    },
 }
 
 fn within(stream: &Option<Stream>) -> String {
@@ -90,7 +103,27 @@ fn within(stream: &Option<Stream>) -> String {
     }
 }
 
+fn of_path(path: &Option<PathBuf>) -> String {
+    match path {
+        None => String::new(),
+        Some(p) => format!(" {p:?}"),
+    }
+}
+
 type Result<T> = std::result::Result<T, InitramfsImageError>;
+
+/// The capacity of the buffer [`list_paths_from_file`] reads the file through.
+const FILE_BUFFER_LEN: usize = 512 * 1024;
+
+/// The largest zstd window accepted (a frame's declared window is allocated whole). `zstd -19`
+/// uses 8 MiB, `--ultra -20` 32 MiB; larger windows (`--ultra -21/-22`, `--long`) are a
+/// [`InitramfsImageError::Decompress`] error rather than a 64-128 MiB allocation, so the
+/// caller falls back to the guest's lister.
+pub const MAX_ZSTD_WINDOW: u64 = 32 << 20;
+
+/// The most memory the xz decoder may use (its dictionary, mostly): 32 MiB takes every preset
+/// up to `xz -7`; `-8`/`-9` images are listed by the guest's own tool instead.
+pub const MAX_XZ_MEMORY: u64 = 32 << 20;
 
 /// Paths inside a Linux initramfs image (all concatenated cpio segments), in archive order,
 /// without a leading "./" or "/" (e.g. "usr/lib/modules/6.1.0-56-amd64/kernel/drivers/block/virtio_blk.ko").
@@ -99,27 +132,78 @@ type Result<T> = std::result::Result<T, InitramfsImageError>;
 /// archive's `TRAILER!!!`; a name stored twice is listed twice. Names that are not UTF-8 are
 /// converted lossily.
 pub fn list_paths(image: &[u8]) -> std::result::Result<Vec<String>, InitramfsImageError> {
-    if image.is_empty() {
-        return Err(InitramfsImageError::Empty);
-    }
+    list_paths_from_reader(Cursor::new(image))
+}
+
+/// [`list_paths`] of the image in the file at `path`, read as a stream: the memory used does
+/// not depend on the size of the image (see the module documentation).
+pub fn list_paths_from_file(path: &Path) -> std::result::Result<Vec<String>, InitramfsImageError> {
+    list_paths_from_file_with_capacity(path, FILE_BUFFER_LEN)
+}
+
+/// [`list_paths_from_file`] with a read buffer of `capacity` bytes (tests use tiny ones).
+pub(crate) fn list_paths_from_file_with_capacity(
+    path: &Path,
+    capacity: usize,
+) -> std::result::Result<Vec<String>, InitramfsImageError> {
+    let listed = match File::open(path) {
+        Ok(file) => list_paths_from_reader(BufReader::with_capacity(capacity, file)),
+        Err(e) => Err(InitramfsImageError::Io {
+            path: None,
+            offset: 0,
+            reason: one_line(&e.to_string()),
+        }),
+    };
+    listed.map_err(|e| match e {
+        InitramfsImageError::Io { offset, reason, .. } => InitramfsImageError::Io {
+            path: Some(path.to_path_buf()),
+            offset,
+            reason,
+        },
+        e => e,
+    })
+}
+
+/// [`list_paths`] of the image read from `reader` (from its current position, which is byte
+/// 0 of the image). Seeking is only ever a few bytes back, after peeking at a magic number.
+pub(crate) fn list_paths_from_reader<R: BufRead + Seek>(
+    reader: R,
+) -> std::result::Result<Vec<String>, InitramfsImageError> {
+    let mut input = Input::new(reader);
     let mut paths = Vec::new();
     // Uncompressed archives and zero padding between segments: offsets are image offsets, and
     // headers must sit on 4-byte boundaries of the image, as in the kernel.
     let mut top = CpioParser::new(None);
     let mut archives = 0;
-    let mut offset = 0;
     loop {
-        offset += top.feed(&image[offset..], &mut paths)?;
-        if offset == image.len() {
+        // Up to the next compressed segment, or the end of the image.
+        let more = loop {
+            let chunk = match input.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(e) => return Err(input.io_error(e)),
+            };
+            if chunk.is_empty() {
+                break false;
+            }
+            let len = chunk.len();
+            let used = top.feed(chunk, &mut paths)?;
+            input.consume(used);
+            if used < len {
+                break true;
+            }
+        };
+        if !more {
             break;
         }
-        let rest = &image[offset..];
-        let compression = compression_at(offset, rest)?;
+        let offset = input.offset();
+        let mut head = [0u8; PEEK_LEN];
+        let head = input.peek(&mut head)?;
+        let compression = compression_at(offset, head)?;
         let mut parser = CpioParser::new(Some(Stream {
             compression,
             offset,
         }));
-        let used = decompress(compression, offset, rest, &mut parser, &mut paths)?;
+        let used = decompress(compression, offset, &mut input, &mut parser, &mut paths)?;
         if used == 0 {
             // Cannot happen (a decoder takes at least the magic), but never loop forever.
             return Err(InitramfsImageError::Decompress {
@@ -130,15 +214,195 @@ pub fn list_paths(image: &[u8]) -> std::result::Result<Vec<String>, InitramfsIma
         }
         parser.finish()?;
         archives += parser.archives;
-        offset += used;
         top.skip(used);
+    }
+    if input.pos == 0 {
+        return Err(InitramfsImageError::Empty);
     }
     top.finish()?;
     archives += top.archives;
     if archives == 0 {
-        return Err(InitramfsImageError::NoArchive { len: image.len() });
+        return Err(InitramfsImageError::NoArchive {
+            len: input.offset(),
+        });
     }
     Ok(paths)
+}
+
+/// How many bytes [`Input::peek`] looks at: the longest magic, and enough of an unknown one
+/// to show in an error.
+const PEEK_LEN: usize = 8;
+
+/// The image being read: counts the bytes taken from `inner` (the image offset of the next
+/// byte), peeks ahead, and keeps the first error of `inner` so that a decoder's complaint
+/// about its input can be told apart from a failure to read the file.
+struct Input<R> {
+    inner: R,
+    /// Bytes taken so far.
+    pos: u64,
+    /// The first read error: where, and why.
+    error: Option<(u64, String)>,
+}
+
+impl<R> Input<R> {
+    fn new(inner: R) -> Input<R> {
+        Input {
+            inner,
+            pos: 0,
+            error: None,
+        }
+    }
+
+    /// The image offset of the next byte.
+    fn offset(&self) -> usize {
+        self.pos as usize
+    }
+
+    /// `inner` failed: keep the first failure.
+    fn note(&mut self, e: &io::Error) {
+        if self.error.is_none() {
+            self.error = Some((self.pos, one_line(&e.to_string())));
+        }
+    }
+
+    /// The error for `e`, a failure to read the image.
+    fn io_error(&mut self, e: io::Error) -> InitramfsImageError {
+        self.note(&e);
+        let (offset, reason) = self.error.take().unwrap_or_default();
+        InitramfsImageError::Io {
+            path: None,
+            offset,
+            reason,
+        }
+    }
+
+    /// The error for a decoder that failed with `reason`: a read error if reading failed.
+    fn decode_error(
+        &mut self,
+        compression: Compression,
+        offset: usize,
+        reason: String,
+    ) -> InitramfsImageError {
+        match self.error.take() {
+            Some((at, why)) => InitramfsImageError::Io {
+                path: None,
+                offset: at,
+                reason: why,
+            },
+            None => InitramfsImageError::Decompress {
+                offset,
+                compression,
+                reason: one_line(&reason),
+            },
+        }
+    }
+}
+
+impl<R: BufRead + Seek> Input<R> {
+    /// The next bytes (up to [`PEEK_LEN`], fewer only at the end of the image), without taking
+    /// them. They may straddle the end of `inner`'s buffer: then they are read and `inner`
+    /// seeks back.
+    fn peek<'b>(&mut self, buf: &'b mut [u8; PEEK_LEN]) -> Result<&'b [u8]> {
+        let available = match self.fill_buf() {
+            Ok(chunk) => {
+                let n = chunk.len().min(PEEK_LEN);
+                buf[..n].copy_from_slice(&chunk[..n]);
+                n
+            }
+            Err(e) => return Err(self.io_error(e)),
+        };
+        if available == PEEK_LEN || available == 0 {
+            return Ok(&buf[..available]);
+        }
+        let mut n = 0;
+        while n < PEEK_LEN {
+            match self.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => return Err(self.io_error(e)),
+            }
+        }
+        if let Err(e) = self.inner.seek_relative(-(n as i64)) {
+            return Err(self.io_error(e));
+        }
+        self.pos -= n as u64;
+        Ok(&buf[..n])
+    }
+
+    fn starts_with(&mut self, magic: &[u8]) -> Result<bool> {
+        let mut buf = [0u8; PEEK_LEN];
+        Ok(self.peek(&mut buf)?.starts_with(magic))
+    }
+}
+
+impl<R: BufRead> Read for Input<R> {
+    /// Straight from `inner`'s buffer when it holds enough (decoders, lzma-rs above all,
+    /// read a few bytes at a time).
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        if let Ok(chunk) = self.inner.fill_buf() {
+            if chunk.len() >= buf.len() {
+                buf.copy_from_slice(&chunk[..buf.len()]);
+                self.consume(buf.len());
+                return Ok(());
+            }
+        }
+        // Across a refill, at the end of the input, or after an error (met again, and noted,
+        // by `read`).
+        let mut rest = buf;
+        while !rest.is_empty() {
+            match self.read(rest)? {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "failed to fill whole buffer",
+                    ))
+                }
+                n => rest = &mut rest[n..],
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.note(&e);
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+impl<R: BufRead> BufRead for Input<R> {
+    #[inline]
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        loop {
+            match self.inner.fill_buf() {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.note(&e);
+                    return Err(e);
+                }
+            }
+        }
+        // Already filled: this only returns the buffered bytes (or, at the end, reads 0).
+        self.inner.fill_buf()
+    }
+
+    #[inline]
+    fn consume(&mut self, amt: usize) {
+        self.inner.consume(amt);
+        self.pos += amt as u64;
+    }
 }
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -181,67 +445,76 @@ fn hex_bytes(bytes: &[u8]) -> String {
         .join(" ")
 }
 
-/// Decompresses the stream at the start of `input` (at image offset `offset`) into `parser`,
-/// and returns how many bytes of `input` it took. Members (gzip), frames (zstd) or streams
-/// (xz) of the same format that follow each other directly are one stream: an archive may
-/// span them.
-fn decompress(
+/// Decompresses the stream at the current position of `input` (image offset `offset`) into
+/// `parser`, and returns how many bytes of `input` it took. Members (gzip), frames (zstd) or
+/// streams (xz) of the same format that follow each other directly are one stream: an archive
+/// may span them. Each decoder takes from `input` exactly the bytes of its member, frame or
+/// stream, so whatever follows is left for the caller.
+fn decompress<R: BufRead + Seek>(
     compression: Compression,
     offset: usize,
-    input: &[u8],
+    input: &mut Input<R>,
     parser: &mut CpioParser,
     paths: &mut Vec<String>,
 ) -> Result<usize> {
-    let fail = |reason: String| InitramfsImageError::Decompress {
-        offset,
-        compression,
-        reason: one_line(&reason),
-    };
-    let mut rest = input;
-    let mut sink = Sink {
-        parser,
-        paths,
-        error: None,
+    let start = input.pos;
+    let mut sink = Sink::new(parser, paths);
+    // The decoder failed: the parser's error comes first (it met bad data before the decoder
+    // did), then a failure to read the input, then the decoder's complaint.
+    let fail = |input: &mut Input<R>, sink: &mut Sink, reason: String| {
+        sink.failure()
+            .unwrap_or_else(|| input.decode_error(compression, offset, reason))
     };
     match compression {
         Compression::Gzip => {
             let mut chunk = vec![0u8; 64 * 1024];
-            while rest.starts_with(GZIP_MAGIC) {
+            while input.starts_with(GZIP_MAGIC)? {
                 sink.parser.new_member();
-                // The bufread decoder takes from `rest` exactly the bytes of one member.
-                let mut member = flate2::bufread::GzDecoder::new(rest);
+                let mut failed = None;
+                // The bufread decoder takes from `input` exactly the bytes of one member.
+                let mut member = flate2::bufread::GzDecoder::new(&mut *input);
                 loop {
-                    let n = match member.read(&mut chunk) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(fail(e.to_string())),
-                    };
-                    if n == 0 {
-                        break;
+                    match member.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => sink.feed(&chunk[..n])?,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break;
+                        }
                     }
-                    sink.feed(&chunk[..n])?;
                 }
-                rest = member.into_inner();
+                if let Some(reason) = failed {
+                    return Err(fail(input, &mut sink, reason));
+                }
             }
         }
         Compression::Zstd => {
             let mut frames = ruzstd::decoding::FrameDecoder::new();
+            frames.set_max_window_size(MAX_ZSTD_WINDOW);
             loop {
-                if rest.starts_with(ZSTD_MAGIC) {
+                let mut head = [0u8; PEEK_LEN];
+                let head = input.peek(&mut head)?;
+                if head.starts_with(ZSTD_MAGIC) {
                     sink.parser.new_member();
-                    // Reading from `&mut rest` advances it by exactly what the decoder takes.
-                    frames.reset(&mut rest).map_err(|e| fail(e.to_string()))?;
+                    // The decoder reads exactly what it needs (a header, a block, a checksum)
+                    // with `read_exact`, so `input` ends up just after the frame.
+                    frames
+                        .reset(&mut *input)
+                        .map_err(|e| fail(input, &mut sink, e.to_string()))?;
                     loop {
+                        // One block (at most 128 KiB) at a time: the decoder's buffer then stays
+                        // at the window size plus a block.
                         frames
                             .decode_blocks(
-                                &mut rest,
-                                ruzstd::decoding::BlockDecodingStrategy::UptoBytes(1 << 20),
+                                &mut *input,
+                                ruzstd::decoding::BlockDecodingStrategy::UptoBlocks(1),
                             )
-                            .map_err(|e| fail(e.to_string()))?;
+                            .map_err(|e| fail(input, &mut sink, e.to_string()))?;
                         let finished = frames.is_finished();
-                        frames.collect_to_writer(&mut sink).map_err(|e| {
-                            sink.error.take().unwrap_or_else(|| fail(e.to_string()))
-                        })?;
+                        if let Err(e) = frames.collect_to_writer(&mut sink) {
+                            return Err(fail(input, &mut sink, e.to_string()));
+                        }
                         if finished {
                             break;
                         }
@@ -251,52 +524,64 @@ fn decompress(
                         frames.get_calculated_checksum(),
                     ) {
                         if stored != computed {
-                            return Err(fail(format!(
-                                "content checksum mismatch (stored {stored:08x}, computed {computed:08x})"
-                            )));
+                            return Err(fail(
+                                input,
+                                &mut sink,
+                                format!(
+                                    "content checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+                                ),
+                            ));
                         }
                     }
-                } else if is_skippable_zstd_frame(rest) {
-                    let len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
-                    if rest.len() - 8 < len {
-                        return Err(fail("truncated skippable frame".into()));
+                } else if is_skippable_zstd_frame(head) {
+                    let len =
+                        8 + u64::from(u32::from_le_bytes([head[4], head[5], head[6], head[7]]));
+                    let skipped = io::copy(&mut (&mut *input).take(len), &mut io::sink())
+                        .map_err(|e| fail(input, &mut sink, e.to_string()))?;
+                    if skipped < len {
+                        return Err(fail(input, &mut sink, "truncated skippable frame".into()));
                     }
-                    rest = &rest[8 + len..];
                 } else {
                     break;
                 }
             }
         }
         Compression::Xz => {
-            while rest.starts_with(XZ_MAGIC) {
+            let mut chunk = vec![0u8; 64 * 1024];
+            while input.starts_with(XZ_MAGIC)? {
                 sink.parser.new_member();
-                match lzma_rs::xz_decompress(&mut rest, &mut sink) {
-                    Ok(()) => {}
-                    // lzma-rs wants the stream to end the input, and says so only after it has
-                    // checked the whole stream, leaving `rest` just after it.
-                    Err(lzma_rs::error::Error::XzError(m))
-                        if m == "Unexpected data after last XZ block" => {}
-                    Err(e) => {
-                        return Err(sink.error.take().unwrap_or_else(|| fail(xz_reason(e))));
+                // liblzma hands its output over as it decodes, whatever the block size; the
+                // memory limit refuses dictionaries over MAX_XZ_MEMORY (`xz -9` uses 64 MiB),
+                // and the caller falls back to the guest's lister.
+                let stream = liblzma::stream::Stream::new_stream_decoder(MAX_XZ_MEMORY, 0)
+                    .map_err(|e| fail(input, &mut sink, e.to_string()))?;
+                let mut failed = None;
+                // Without LZMA_CONCATENATED the decoder stops at the end of this stream, and
+                // the bufread decoder takes from `input` exactly the stream's bytes.
+                let mut one = liblzma::bufread::XzDecoder::new_stream(&mut *input, stream);
+                loop {
+                    match one.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => sink.feed(&chunk[..n])?,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break;
+                        }
                     }
+                }
+                if let Some(reason) = failed {
+                    return Err(fail(input, &mut sink, reason));
                 }
             }
         }
     }
-    Ok(input.len() - rest.len())
+    sink.finish()?;
+    Ok((input.pos - start) as usize)
 }
 
-fn is_skippable_zstd_frame(rest: &[u8]) -> bool {
-    rest.len() >= 8 && rest[0] & 0xf0 == 0x50 && rest[1..4] == [0x2a, 0x4d, 0x18]
-}
-
-fn xz_reason(e: lzma_rs::error::Error) -> String {
-    match e {
-        lzma_rs::error::Error::IoError(e) | lzma_rs::error::Error::HeaderTooShort(e) => {
-            e.to_string()
-        }
-        lzma_rs::error::Error::LzmaError(m) | lzma_rs::error::Error::XzError(m) => m,
-    }
+fn is_skippable_zstd_frame(head: &[u8]) -> bool {
+    head.len() >= 8 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18]
 }
 
 fn one_line(s: &str) -> String {
@@ -309,24 +594,63 @@ struct Sink<'a> {
     parser: &'a mut CpioParser,
     paths: &'a mut Vec<String>,
     error: Option<InitramfsImageError>,
+    /// Where the parser met a byte that is neither a cpio header nor zero padding, and the
+    /// first [`PEEK_LEN`] bytes from there (collected across the decoder's output chunks, so
+    /// that the error shows the same bytes however the output is cut).
+    garbage: Option<(u64, Vec<u8>)>,
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    fn new(parser: &'a mut CpioParser, paths: &'a mut Vec<String>) -> Sink<'a> {
+        Sink {
+            parser,
+            paths,
+            error: None,
+            garbage: None,
+        }
+    }
+
     /// Inside a compressed stream, everything must be cpio archives or zero padding.
     fn feed(&mut self, data: &[u8]) -> Result<()> {
-        let used = self.parser.feed(data, self.paths)?;
-        if used < data.len() {
-            let rest = &data[used..];
-            return Err(InitramfsImageError::BadHeader {
-                offset: self.parser.pos,
+        let rest = match self.garbage {
+            Some(_) => data,
+            None => {
+                let used = self.parser.feed(data, self.paths)?;
+                if used == data.len() {
+                    return Ok(());
+                }
+                self.garbage = Some((self.parser.pos, Vec::with_capacity(PEEK_LEN)));
+                &data[used..]
+            }
+        };
+        if let Some((_, seen)) = &mut self.garbage {
+            let n = (PEEK_LEN - seen.len()).min(rest.len());
+            seen.extend_from_slice(&rest[..n]);
+            if seen.len() == PEEK_LEN {
+                return self.finish();
+            }
+        }
+        Ok(())
+    }
+
+    /// The decoder's output ended: an error if it was not all archives and padding.
+    fn finish(&mut self) -> Result<()> {
+        match self.garbage.take() {
+            None => Ok(()),
+            Some((offset, seen)) => Err(InitramfsImageError::BadHeader {
+                offset,
                 stream: self.parser.stream,
                 reason: format!(
                     "neither a cpio header nor zero padding (found {})",
-                    hex_bytes(&rest[..rest.len().min(8)])
+                    hex_bytes(&seen)
                 ),
-            });
+            }),
         }
-        Ok(())
+    }
+
+    /// The decoder failed: the error the parser met first, if any.
+    fn failure(&mut self) -> Option<InitramfsImageError> {
+        self.error.take().or_else(|| self.finish().err())
     }
 }
 
@@ -750,9 +1074,9 @@ mod tests {
     }
 
     fn xz(data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        lzma_rs::xz_compress(&mut &data[..], &mut out).unwrap();
-        out
+        let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
     }
 
     fn cat(parts: &[&[u8]]) -> Vec<u8> {
@@ -801,6 +1125,37 @@ mod tests {
         "usr/lib",
         "usr/lib/modules/6.1.0-56-amd64/kernel/drivers/block/virtio_blk.ko",
     ];
+
+    /// `super::list_paths`, checked against every other way of reading the same image: through
+    /// `BufReader`s so small that buffer boundaries fall inside every magic, header and
+    /// segment boundary, and from a file (also with a tiny buffer, and with the default one).
+    /// Every test that lists an image goes through here, so the whole matrix runs with each
+    /// reader.
+    fn list_paths(image: &[u8]) -> std::result::Result<Vec<String>, InitramfsImageError> {
+        let whole = super::list_paths(image);
+        let expected = format!("{whole:?}");
+        for capacity in [1, 7, 64, 4096] {
+            let got =
+                list_paths_from_reader(BufReader::with_capacity(capacity, Cursor::new(image)));
+            assert_eq!(
+                format!("{got:?}"),
+                expected,
+                "read through {capacity} bytes"
+            );
+        }
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(image).unwrap();
+        file.flush().unwrap();
+        for capacity in [7, FILE_BUFFER_LEN] {
+            let got = list_paths_from_file_with_capacity(file.path(), capacity);
+            assert_eq!(
+                format!("{got:?}"),
+                expected,
+                "file read through {capacity} bytes"
+            );
+        }
+        whole
+    }
 
     fn list(image: &[u8]) -> Vec<String> {
         match list_paths(image) {
@@ -1233,9 +1588,10 @@ mod tests {
                 matches!(err, InitramfsImageError::BadHeader { .. }),
                 "{err}"
             );
+            // The same bytes however the decoder cuts its output.
             assert!(
                 err.to_string()
-                    .contains("neither a cpio header nor zero padding"),
+                    .contains("neither a cpio header nor zero padding (found 01 6a 75 6e 6b)"),
                 "{err}"
             );
         }
@@ -1376,5 +1732,224 @@ mod tests {
         ]);
         let expected: Vec<String> = [&main[..]; 6].concat();
         assert_eq!(list(&image)[4..], expected[..]);
+    }
+
+    fn temp_file(data: &[u8]) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(data).unwrap();
+        file.flush().unwrap();
+        file
+    }
+
+    #[test]
+    fn file_of_each_compression() {
+        let second = archive(&[("etc", DIR, b""), ("etc/hosts", FILE, b"h")]);
+        let content = cat(&[&pad_to(main_archive(), 512), &second]);
+        let expected = strs(&[EARLY, MAIN, &["etc", "etc/hosts"]]);
+        for image in [
+            cat(&[&early(), &content]),
+            cat(&[&early(), &gzip(&content), &[0; 5]]),
+            cat(&[&early(), &zstd(&content), &[0; 6]]),
+            cat(&[&early(), &xz(&content), &[0; 8]]),
+        ] {
+            let file = temp_file(&image);
+            assert_eq!(list_paths_from_file(file.path()).unwrap(), expected);
+        }
+        for fixture in [FIX_GZ, FIX_ZST, FIX_XZ, FIX_CRC] {
+            let file = temp_file(&cat(&[FIX_EARLY, fixture]));
+            let paths = list_paths_from_file(file.path()).unwrap();
+            assert_eq!(paths[4..], fixture_main()[..]);
+        }
+    }
+
+    #[test]
+    fn magic_across_a_buffer_boundary() {
+        // The early archive is 1024 bytes: with these capacities a refill falls after 1, 2,
+        // ..., 5 bytes of the next segment's magic, or inside its header.
+        let content = main_archive();
+        for compressed in [gzip(&content), zstd(&content), xz(&content)] {
+            let image = cat(&[&early(), &compressed, &[0; 3], &compressed]);
+            let expected = strs(&[EARLY, MAIN, MAIN]);
+            let end = 1024 + compressed.len() + 3;
+            for capacity in [1021, 1022, 1023, 1025, 1026, 1027, 1029, 1030, 1031] {
+                let reader = BufReader::with_capacity(capacity, Cursor::new(&image[..]));
+                assert_eq!(list_paths_from_reader(reader).unwrap(), expected);
+            }
+            // And the second stream's magic straddling a refill of the file's buffer.
+            let file = temp_file(&image);
+            for capacity in [end - 3, end - 1, end + 1, end + 4] {
+                let paths = list_paths_from_file_with_capacity(file.path(), capacity).unwrap();
+                assert_eq!(paths, expected, "capacity {capacity}");
+            }
+        }
+        // An unsupported magic found across a boundary is reported whole.
+        let image = cat(&[&early(), b"garbage!"]);
+        for capacity in [1020, 1025, 1027, 1031] {
+            let reader = BufReader::with_capacity(capacity, Cursor::new(&image[..]));
+            let err = list_paths_from_reader(reader).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "unsupported compression at byte 1024 (unknown magic 67 61 72 62 61 67 65 21)"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initrd.img");
+        let err = list_paths_from_file(&path).unwrap_err();
+        assert!(
+            matches!(&err, InitramfsImageError::Io { path: Some(p), offset: 0, .. } if *p == path),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("cannot read the initramfs image \"") && msg.contains(" at byte 0: "),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+        // A directory opens but cannot be read.
+        let err = list_paths_from_file(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, InitramfsImageError::Io { offset: 0, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_file_is_empty() {
+        let file = temp_file(b"");
+        assert!(matches!(
+            list_paths_from_file(file.path()),
+            Err(InitramfsImageError::Empty)
+        ));
+    }
+
+    /// Serves `data`, then fails to read at byte `fail_at`.
+    struct FailingReader {
+        data: Cursor<Vec<u8>>,
+        fail_at: u64,
+    }
+
+    impl Read for FailingReader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = {
+                let chunk = self.fill_buf()?;
+                let n = chunk.len().min(buf.len());
+                buf[..n].copy_from_slice(&chunk[..n]);
+                n
+            };
+            self.consume(n);
+            Ok(n)
+        }
+    }
+
+    impl BufRead for FailingReader {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            let pos = self.data.position();
+            if pos >= self.fail_at {
+                return Err(io::Error::other("disk on fire"));
+            }
+            let n = (self.fail_at - pos) as usize;
+            let chunk = self.data.fill_buf()?;
+            Ok(&chunk[..n.min(chunk.len())])
+        }
+
+        fn consume(&mut self, amt: usize) {
+            self.data.consume(amt);
+        }
+    }
+
+    impl Seek for FailingReader {
+        fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+            self.data.seek(to)
+        }
+    }
+
+    #[test]
+    fn read_errors_are_io_errors_not_bad_data() {
+        let content = pad_to(main_archive(), 512);
+        for main in [
+            gzip(&content),
+            zstd(&content),
+            xz(&content),
+            content.clone(),
+        ] {
+            let image = cat(&[&early(), &main]);
+            for fail_at in [0, 500, 1024, 1027, 1024 + main.len() as u64 / 2] {
+                let reader = FailingReader {
+                    data: Cursor::new(image.clone()),
+                    fail_at,
+                };
+                let err = list_paths_from_reader(reader).unwrap_err();
+                assert!(
+                    matches!(err, InitramfsImageError::Io { path: None, offset, .. }
+                        if offset == fail_at),
+                    "failing at {fail_at}: {err}"
+                );
+                assert_eq!(
+                    err.to_string(),
+                    format!("cannot read the initramfs image at byte {fail_at}: disk on fire")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zstd_window_over_the_limit_is_an_error() {
+        // A frame header declaring a 64 MiB window (Window_Descriptor exponent 16), then an
+        // empty last raw block.
+        let frame = cat(&[ZSTD_MAGIC, &[0x00, 0x80], &[0x01, 0x00, 0x00]]);
+        let err = list_paths(&cat(&[&early(), &frame])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InitramfsImageError::Decompress {
+                    offset: 1024,
+                    compression: Compression::Zstd,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The same frame with a 32 MiB window (exponent 15) is accepted.
+        let frame = cat(&[ZSTD_MAGIC, &[0x00, 0x78], &[0x01, 0x00, 0x00]]);
+        assert_eq!(list(&cat(&[&early(), &frame])), strs(&[EARLY]));
+    }
+
+    /// An xz stream whose LZMA2 dictionary is `dict` bytes (the decoder's memory need).
+    fn xz_with_dict(data: &[u8], dict: u32) -> Vec<u8> {
+        use liblzma::stream::{Check, Filters, LzmaOptions, Stream};
+        let mut opts = LzmaOptions::new_preset(0).unwrap();
+        opts.dict_size(dict);
+        let mut filters = Filters::new();
+        filters.lzma2(&opts);
+        let stream = Stream::new_stream_encoder(&filters, Check::Crc32).unwrap();
+        let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn xz_dictionary_over_the_memory_limit_is_an_error() {
+        let main = main_archive();
+        let err = list_paths(&cat(&[&early(), &xz_with_dict(&main, 64 << 20)])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InitramfsImageError::Decompress {
+                    offset: 1024,
+                    compression: Compression::Xz,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // dracut's 1 MiB and xz -6's 8 MiB dictionaries are within the limit.
+        for dict in [1 << 20, 8 << 20] {
+            let listed = list(&cat(&[&early(), &xz_with_dict(&main, dict)]));
+            assert_eq!(listed, strs(&[EARLY, MAIN]));
+        }
     }
 }

@@ -380,8 +380,8 @@ fn list_initramfs_on_host(g: &Guestfs, path: &str) -> Result<Vec<String>, String
         .tempfile()
         .map_err(|e| format!("cannot create a temporary file: {e}"))?;
     g.download(path, tmp.path()).map_err(|e| e.to_string())?;
-    let image = std::fs::read(tmp.path()).map_err(|e| e.to_string())?;
-    crate::initramfs_image::list_paths(&image).map_err(|e| e.to_string())
+    // Streamed from the file: the memory used does not grow with the size of the image.
+    crate::initramfs_image::list_paths_from_file(tmp.path()).map_err(|e| e.to_string())
 }
 
 fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
