@@ -470,21 +470,9 @@ fn decompress<R: BufRead + Seek>(
             let mut chunk = vec![0u8; 64 * 1024];
             while input.starts_with(GZIP_MAGIC)? {
                 sink.parser.new_member();
-                let mut failed = None;
                 // The bufread decoder takes from `input` exactly the bytes of one member.
                 let mut member = flate2::bufread::GzDecoder::new(&mut *input);
-                loop {
-                    match member.read(&mut chunk) {
-                        Ok(0) => break,
-                        Ok(n) => sink.feed(&chunk[..n])?,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            failed = Some(e.to_string());
-                            break;
-                        }
-                    }
-                }
-                if let Some(reason) = failed {
+                if let Some(reason) = drain(&mut member, &mut chunk, &mut sink)? {
                     return Err(fail(input, &mut sink, reason));
                 }
             }
@@ -555,22 +543,10 @@ fn decompress<R: BufRead + Seek>(
                 // and the caller falls back to the guest's lister.
                 let stream = liblzma::stream::Stream::new_stream_decoder(MAX_XZ_MEMORY, 0)
                     .map_err(|e| fail(input, &mut sink, e.to_string()))?;
-                let mut failed = None;
                 // Without LZMA_CONCATENATED the decoder stops at the end of this stream, and
                 // the bufread decoder takes from `input` exactly the stream's bytes.
                 let mut one = liblzma::bufread::XzDecoder::new_stream(&mut *input, stream);
-                loop {
-                    match one.read(&mut chunk) {
-                        Ok(0) => break,
-                        Ok(n) => sink.feed(&chunk[..n])?,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            failed = Some(e.to_string());
-                            break;
-                        }
-                    }
-                }
-                if let Some(reason) = failed {
+                if let Some(reason) = drain(&mut one, &mut chunk, &mut sink)? {
                     return Err(fail(input, &mut sink, reason));
                 }
             }
@@ -578,6 +554,19 @@ fn decompress<R: BufRead + Seek>(
     }
     sink.finish()?;
     Ok((input.pos - start) as usize)
+}
+
+/// Feed everything `decoder` produces to `sink`. A parse error is returned as such; a decoder
+/// error is returned as its reason, for the caller to place (it holds the input).
+fn drain(decoder: &mut impl Read, chunk: &mut [u8], sink: &mut Sink) -> Result<Option<String>> {
+    loop {
+        match decoder.read(chunk) {
+            Ok(0) => return Ok(None),
+            Ok(n) => sink.feed(&chunk[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Ok(Some(e.to_string())),
+        }
+    }
 }
 
 fn is_skippable_zstd_frame(head: &[u8]) -> bool {
