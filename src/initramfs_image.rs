@@ -336,8 +336,8 @@ impl<R: BufRead + Seek> Input<R> {
 }
 
 impl<R: BufRead> Read for Input<R> {
-    /// Straight from `inner`'s buffer when it holds enough (decoders, lzma-rs above all,
-    /// read a few bytes at a time).
+    /// Straight from `inner`'s buffer when it holds enough (ruzstd reads each frame header,
+    /// block header and block with `read_exact`).
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         if let Ok(chunk) = self.inner.fill_buf() {
             if chunk.len() >= buf.len() {

@@ -164,6 +164,8 @@ pub fn resolved_mountpoints(
         .collect())
 }
 
+/// Mount the guest's filesystems for `root` at their mountpoints (shortest path first).
+/// Filesystems that fail to mount (e.g. a stale fstab entry) are skipped with a warning.
 pub fn mount_guest(g: &Guestfs, root: &str, disks: &Disks) -> Result<Vec<String>, InspectError> {
     let mut mps = resolved_mountpoints(g, root, disks)?;
     mps.sort_by_key(|(mp, _)| mp.len());
@@ -227,6 +229,7 @@ fn describe_filesystems(g: &Guestfs, disks: &Disks) -> Vec<Filesystem> {
         .collect()
 }
 
+/// Compare kernel versions ("6.1.0-18-amd64" < "6.1.0-25-amd64") by numeric runs.
 pub fn compare_kernel_versions(a: &str, b: &str) -> Ordering {
     fn parts(s: &str) -> Vec<Result<u64, &str>> {
         let mut out = Vec::new();
