@@ -631,7 +631,7 @@ pub fn run(
     let patched = rewrite_grub_cfg_cmdlines(&before, &resolve);
     let patch_suffices = patch_in_place_suffices(&before, &patched, bl.bls);
     let mkconfig = guest.find_binary(MKCONFIG);
-    let (mut after, how) = match mkconfig {
+    let (after, how) = match mkconfig {
         Some(mkconfig) if regenerate || !patch_suffices => {
             // os-prober would scan the appliance's disks and add entries for them.
             let cmd = format!("GRUB_DISABLE_OS_PROBER=true {mkconfig} -o {cfg}");
@@ -640,7 +640,18 @@ pub fn run(
                 step: STEP,
                 message: format!("`{cmd}` failed: {}", e.message),
             })?;
-            let text = guest.g.read_to_string(&cfg).map_err(Guest::err(STEP))?;
+            let mut text = guest.g.read_to_string(&cfg).map_err(Guest::err(STEP))?;
+            // grub-mkconfig in the appliance may still write the appliance's device name (e.g.
+            // an unknown knob disabling UUIDs); patch what is left.
+            if !verify_grub_cfg(&text).is_empty() {
+                let rest = rewrite_grub_cfg_cmdlines(&text, &resolve);
+                warnings.extend(rest.warnings.iter().map(|w| format!("{cfg}: {w}")));
+                text = rest.text;
+                guest
+                    .g
+                    .write(&cfg, text.as_bytes())
+                    .map_err(Guest::err(STEP))?;
+            }
             (text, "regenerated")
         }
         found => {
@@ -649,6 +660,7 @@ pub fn run(
                     "no grub-mkconfig in the guest; patched {cfg} in place"
                 ));
             }
+            warnings.extend(patched.warnings.iter().map(|w| format!("{cfg}: {w}")));
             if patched.text != before {
                 guest
                     .g
@@ -658,17 +670,7 @@ pub fn run(
             (patched.text, "kernel lines patched in place")
         }
     };
-    // grub-mkconfig in the appliance may still write the appliance's device name (e.g. an
-    // unknown knob disabling UUIDs); patch what is left, then refuse anything still unstable.
-    if !verify_grub_cfg(&after).is_empty() {
-        let patched = rewrite_grub_cfg_cmdlines(&after, &resolve);
-        warnings.extend(patched.warnings.iter().map(|w| format!("{cfg}: {w}")));
-        after = patched.text;
-        guest
-            .g
-            .write(&cfg, after.as_bytes())
-            .map_err(Guest::err(STEP))?;
-    }
+    // Refuse anything still unstable.
     let bad = verify_grub_cfg(&after);
     if !bad.is_empty() {
         let lines: Vec<String> = bad
@@ -714,7 +716,7 @@ pub fn patch_in_place_suffices(before: &str, patched: &Rewrite, bls: bool) -> bo
 /// Whether a GRUB config has a kernel line (`linux`, `linuxefi`, …) at all.
 pub fn has_kernel_lines(text: &str) -> bool {
     text.lines()
-        .any(|l| first_word(l.trim_start()).is_some_and(|(w, _)| KERNEL_COMMANDS.contains(&w)))
+        .any(|l| first_word(l).is_some_and(|(w, _)| KERNEL_COMMANDS.contains(&w)))
 }
 
 #[cfg(test)]
