@@ -64,6 +64,14 @@ impl Spool {
         fs::rename(&tmp, &dest).unwrap();
         dest
     }
+    /// `name` (a file, or junk such as a directory) and its error report are both in `failed/DATE/`. The report is written first
+    /// (it reserves the name), so waiting on it alone races the manifest's rename.
+    fn filed_as_failed(&self, name: &str) -> Option<()> {
+        let day = self.failed_today();
+        (day.join(name).symlink_metadata().is_ok()
+            && day.join(format!("{name}.error.json")).is_file())
+        .then_some(())
+    }
     fn error_json(&self, name: &str) -> Value {
         read_json(&self.failed_today().join(format!("{name}.error.json")))
     }
@@ -318,10 +326,7 @@ fn a_dropped_manifest_is_picked_up_within_a_second_and_filed_with_its_error_repo
     for name in ["renamed", "written", "submitted"] {
         let file = format!("{name}.json");
         d.wait_for(&format!("{file} filed"), Duration::from_secs(10), || {
-            sp.failed_today()
-                .join(format!("{file}.error.json"))
-                .exists()
-                .then_some(())
+            sp.filed_as_failed(&file)
         });
         assert!(sp.failed_today().join(&file).is_file());
         let e = sp.error_json(&file);
@@ -443,12 +448,7 @@ fn a_manifest_still_being_written_is_not_taken() {
         );
     }
     for n in ["early.json", "late.json"] {
-        d.wait_for(n, Duration::from_secs(10), || {
-            sp.failed_today()
-                .join(format!("{n}.error.json"))
-                .exists()
-                .then_some(())
-        });
+        d.wait_for(n, Duration::from_secs(10), || sp.filed_as_failed(n));
         // The whole manifest was read: the error is about the source, not the syntax.
         let e = sp.error_json(n);
         assert!(
@@ -552,12 +552,7 @@ fn junk_is_filed_as_failed_with_a_clear_error_and_the_daemon_keeps_going() {
         d.wait_for(
             &format!("{name} in failed/"),
             Duration::from_secs(20),
-            || {
-                sp.failed_today()
-                    .join(format!("{name}.error.json"))
-                    .exists()
-                    .then_some(())
-            },
+            || sp.filed_as_failed(name),
         );
         let e = sp.error_json(name);
         let err = e["error"].as_str().unwrap();
@@ -724,10 +719,7 @@ fn kill_9_mid_job_then_restart_requeues_it_and_fails_it_after_max_attempts() {
     // Restart: the orphan is re-queued, runs again (attempt 2), and fails on its own merits.
     let d = Daemon::start(&sp, &args);
     d.wait_for("crashy.json filed", Duration::from_secs(120), || {
-        sp.failed_today()
-            .join("crashy.json.error.json")
-            .exists()
-            .then_some(())
+        sp.filed_as_failed("crashy.json")
     });
     let log = d.log_text();
     assert!(log.contains("re-queued"), "{log}");
@@ -761,10 +753,7 @@ fn kill_9_mid_job_then_restart_requeues_it_and_fails_it_after_max_attempts() {
     let t = Instant::now();
     let d = Daemon::start(&sp, &args);
     d.wait_for("doomed.json filed", Duration::from_secs(10), || {
-        sp.failed_today()
-            .join("doomed.json.error.json")
-            .exists()
-            .then_some(())
+        sp.filed_as_failed("doomed.json")
     });
     eprintln!(
         "orphan filed {:.2} s after the restart",
@@ -971,10 +960,7 @@ fn the_seed_configuration_file_runs_the_daemon() {
     assert!(d.log_text().contains("2 jobs at once"));
     sp.drop_atomic("cfg.json", &missing_source("cfg"));
     d.wait_for("filed", Duration::from_secs(10), || {
-        sp.failed_today()
-            .join("cfg.json.error.json")
-            .exists()
-            .then_some(())
+        sp.filed_as_failed("cfg.json")
     });
     // `workflow status --config` finds the same spool.
     let o = Command::new(BIN)

@@ -81,14 +81,13 @@ pub fn run(shared: &Shared, spec: JobSpec) -> Outcome {
             }
         };
     let seconds = started.elapsed().as_secs_f64();
-    let outcome = file(shared, &spec, verdict, seconds);
-    if outcome != Outcome::Stuck {
-        if let Ok(dir) = &spec.output_dir {
-            // A job that failed before writing anything leaves no empty directory behind.
-            let _ = std::fs::remove_dir(dir);
-        }
+    if let Ok(dir) = &spec.output_dir {
+        // A job that failed before writing anything leaves no empty directory behind.
+        // Removed before filing: the filed manifest tells watchers the job is over.
+        // (Only an empty directory goes; a retry makes a new one.)
+        let _ = std::fs::remove_dir(dir);
     }
-    outcome
+    file(shared, &spec, verdict, seconds)
 }
 
 fn execute(shared: &Shared, spec: &JobSpec) -> Verdict {
