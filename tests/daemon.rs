@@ -72,6 +72,12 @@ impl Spool {
             && day.join(format!("{name}.error.json")).is_file())
         .then_some(())
     }
+    /// `name` and its report are both in `processed/DATE/` (the manifest arrives last).
+    fn filed_as_processed(&self, name: &str) -> Option<()> {
+        let day = self.processed_today();
+        (day.join(name).is_file() && day.join(format!("{name}.report.json")).is_file())
+            .then_some(())
+    }
     fn error_json(&self, name: &str) -> Value {
         read_json(&self.failed_today().join(format!("{name}.error.json")))
     }
@@ -1113,7 +1119,7 @@ fn a_full_fix_through_the_daemon_survives_a_kill_9_in_the_middle() {
         {
             panic!("the job failed: {}", sp.error_json(name));
         }
-        report_path.exists().then_some(())
+        sp.filed_as_processed(name)
     });
     let wall = t.elapsed();
     let report = read_json(&report_path);
