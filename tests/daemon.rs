@@ -635,14 +635,18 @@ fn two_daemons_on_one_directory_never_run_a_manifest_twice() {
         !filed.iter().any(|f| f.contains("-1")),
         "a manifest was filed twice: {filed:?}"
     );
-    // Each manifest claimed exactly once across both daemons.
+    // Each manifest claimed exactly once across both daemons. A rejection is logged just after
+    // its filing, so wait for the last of those lines too.
+    let rejects = |log: &str| log.lines().filter(|l| l.contains("rejected")).count();
+    a.wait_for("the rejections logged", Duration::from_secs(10), || {
+        (rejects(&a.log_text()) + rejects(&b.log_text()) == n / 10).then_some(())
+    });
     let (la, lb) = (a.log_text(), b.log_text());
     let claims = |log: &str| {
         log.lines()
             .filter(|l| l.contains("new manifest claimed"))
             .count()
     };
-    let rejects = |log: &str| log.lines().filter(|l| l.contains("rejected")).count();
     eprintln!(
         "daemon a: {} claimed, {} rejected; daemon b: {} claimed, {} rejected",
         claims(&la),
