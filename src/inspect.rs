@@ -320,10 +320,7 @@ pub fn virtio_in_boot(g: &Guestfs, version: &str, initramfs: Option<&str>) -> Bo
     let builtin = g
         .read_to_string(&format!("/lib/modules/{version}/modules.builtin"))
         .unwrap_or_default();
-    let (listing, listed_by) = match initramfs.and_then(|path| list_initramfs(g, path)) {
-        Some((listing, by)) => (Some(listing), Some(by)),
-        None => (None, None),
-    };
+    let (listing, listed_by) = initramfs.and_then(|path| list_initramfs(g, path)).unzip();
     let mut found = Vec::new();
     for m in VIRTIO_MODULES {
         let file = format!("/{m}.ko");

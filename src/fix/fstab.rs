@@ -42,6 +42,11 @@ pub struct Rewrite {
 }
 
 impl Rewrite {
+    /// The warnings, each prefixed with the path of the file they are about.
+    pub fn warnings_about<'a>(&'a self, path: &'a str) -> impl Iterator<Item = String> + 'a {
+        self.warnings.iter().map(move |w| format!("{path}: {w}"))
+    }
+
     /// The text as it was, with nothing to report.
     pub fn unchanged(text: &str) -> Self {
         Rewrite {

@@ -645,7 +645,7 @@ pub fn run(
             // an unknown knob disabling UUIDs); patch what is left.
             if !verify_grub_cfg(&text).is_empty() {
                 let rest = rewrite_grub_cfg_cmdlines(&text, &resolve);
-                warnings.extend(rest.warnings.iter().map(|w| format!("{cfg}: {w}")));
+                warnings.extend(rest.warnings_about(&cfg));
                 text = rest.text;
                 guest
                     .g
@@ -660,7 +660,7 @@ pub fn run(
                     "no grub-mkconfig in the guest; patched {cfg} in place"
                 ));
             }
-            warnings.extend(patched.warnings.iter().map(|w| format!("{cfg}: {w}")));
+            warnings.extend(patched.warnings_about(&cfg));
             if patched.text != before {
                 guest
                     .g

@@ -74,7 +74,7 @@ impl Guest<'_> {
     ) -> Result<Option<FileChange>, FixError> {
         self.edit_file_noted(step, path, |old| {
             let rewrite = transform(old);
-            warnings.extend(rewrite.warnings.iter().map(|w| format!("{path}: {w}")));
+            warnings.extend(rewrite.warnings_about(path));
             let note = rewrite
                 .changes
                 .iter()
@@ -204,11 +204,9 @@ pub fn apply_all(
     }
     if plan.update_grub {
         records.push(grub::run(guest, plan.regenerate_grub, warnings)?);
+        records.push(uefi_fallback::run(guest)?);
     } else {
         records.push(skipped("grub", "disabled"));
-    }
-    if plan.update_grub {
-        records.push(uefi_fallback::run(guest)?);
     }
     if plan.network_cleanup {
         records.push(network::run(guest)?);
