@@ -20,6 +20,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+mod common;
+use common::{fixture, read_json, sha256_file};
+
 const BIN: &str = env!("CARGO_BIN_EXE_h2k-guest");
 
 /// A temp spool directory and output directory.
@@ -64,8 +67,9 @@ impl Spool {
         fs::rename(&tmp, &dest).unwrap();
         dest
     }
-    /// `name` (a file, or junk such as a directory) and its error report are both in `failed/DATE/`. The report is written first
-    /// (it reserves the name), so waiting on it alone races the manifest's rename.
+    /// `name` (a file, or junk such as a directory) and its error report are both in
+    /// `failed/DATE/`. The report is written first (it reserves the name), so waiting on it
+    /// alone races the manifest's rename.
     fn filed_as_failed(&self, name: &str) -> Option<()> {
         let day = self.failed_today();
         (day.join(name).symlink_metadata().is_ok()
@@ -105,11 +109,6 @@ impl Spool {
 
 fn today() -> String {
     h2k_guest::daemon::spool::today()
-}
-
-fn read_json(p: &Path) -> Value {
-    let bytes = fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -1001,30 +1000,6 @@ fn the_seed_configuration_file_runs_the_daemon() {
     );
 }
 
-/// The fixture VMDK (built and cached by scripts/make-fixture.sh).
-fn fixture(name: &str) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-fixture.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(name)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "make-fixture.sh {name} failed");
-    let path = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    assert!(
-        Path::new(&path).is_file(),
-        "make-fixture.sh printed {path:?}"
-    );
-    PathBuf::from(path)
-}
-
 /// Pids of processes whose command line mentions `path`.
 fn processes_mentioning(path: &Path) -> Vec<String> {
     let needle = path.to_string_lossy().into_owned();
@@ -1042,20 +1017,10 @@ fn processes_mentioning(path: &Path) -> Vec<String> {
     v
 }
 
-fn sha256(p: &Path) -> String {
-    let out = Command::new("sha256sum").arg(p).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn a_full_fix_through_the_daemon_survives_a_kill_9_in_the_middle() {
     let vmdk = fixture("debian12-bios");
-    let before = sha256(&vmdk);
+    let before = sha256_file(&vmdk);
     let sp = Spool::new();
     let manifest = sp.root.join("debian12-bios-1769251638.json");
     fs::write(
@@ -1140,7 +1105,7 @@ fn a_full_fix_through_the_daemon_survives_a_kill_9_in_the_middle() {
     );
     assert_eq!(report["output_dir"], job_dir.display().to_string());
     job_dir_is_clean(&sp.out);
-    assert_eq!(sha256(&vmdk), before, "the source disk changed");
+    assert_eq!(sha256_file(&vmdk), before, "the source disk changed");
     let info = Command::new("qemu-img")
         .args(["info", "--output=json"])
         .arg(&out)
