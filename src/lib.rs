@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod report;
+pub mod util;
 pub mod validate;
 pub mod version;
 pub mod workflow;

@@ -38,7 +38,7 @@ impl JobCtx {
             job: job.to_string(),
             inner: Mutex::new(CtxInner {
                 stage: "claim".into(),
-                stage_since: crate::daemon::spool::unix_now(),
+                stage_since: crate::util::unix_now(),
                 tail: VecDeque::new(),
             }),
         })
@@ -48,7 +48,7 @@ impl JobCtx {
         if let Ok(mut i) = self.inner.lock() {
             if i.stage != stage {
                 i.stage = stage.to_string();
-                i.stage_since = crate::daemon::spool::unix_now();
+                i.stage_since = crate::util::unix_now();
             }
         }
     }
@@ -127,7 +127,7 @@ impl Log for Logger {
         if let (Some(ctx), Some(stage)) = (&ctx, stage_start(record.target(), &msg)) {
             ctx.set_stage(&stage);
         }
-        let ts = crate::report::now_rfc3339();
+        let ts = crate::util::now_rfc3339();
         let level = match record.level() {
             Level::Error => "ERROR",
             Level::Warn => "WARN ",

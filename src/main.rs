@@ -15,6 +15,21 @@ use h2k_guest::pipeline::{self, RunOptions};
 use h2k_guest::plan::{CompressionType, OutputFormat, Plan};
 use h2k_guest::{inspect_cmd, logging, manifest, version};
 
+/// `print!` that returns an error instead of panicking when stdout is closed (`| head -1`):
+/// main turns a broken pipe into a quiet exit 0.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "h2k-guest", version = version::LONG,
           about = "Repair a Linux VM disk from VMware (or another hypervisor) offline and write a KVM-ready image")]
@@ -207,9 +222,9 @@ fn run(cli: Cli) -> Result<()> {
                 &appliance_options(&cli.global),
             )?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", inspect_cmd::render_table(&report));
+                out!("{}", inspect_cmd::render_table(&report));
             }
             Ok(())
         }
@@ -226,9 +241,9 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let plan = manifest::load_manifest(&file, output_dir.as_deref())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                outln!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
-                print!("{}", describe_plan(&plan));
+                out!("{}", describe_plan(&plan));
             }
             Ok(())
         }
@@ -246,9 +261,9 @@ fn run(cli: Cli) -> Result<()> {
             if !boot {
                 let check = validate::check_image_as(&image, format.as_deref())?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&check)?);
+                    outln!("{}", serde_json::to_string_pretty(&check)?);
                 } else if check.clean {
-                    println!("{}", check.summary());
+                    outln!("{}", check.summary());
                 }
                 anyhow::ensure!(check.clean, "{}", check.summary());
                 return Ok(());
@@ -265,9 +280,9 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&outcome)?);
+                outln!("{}", serde_json::to_string_pretty(&outcome)?);
             } else if outcome.booted {
-                println!("{}", outcome.summary());
+                outln!("{}", outcome.summary());
             }
             anyhow::ensure!(outcome.booted, "{}", outcome.summary());
             Ok(())
@@ -371,12 +386,12 @@ fn fix(args: FixArgs, global: &GlobalArgs) -> Result<()> {
     };
     match pipeline::run(&plan, &opts) {
         Ok(report) => {
-            print!("{}", h2k_guest::report::summary(&report));
+            out!("{}", h2k_guest::report::summary(&report));
             let path = opts
                 .report_path
                 .clone()
                 .unwrap_or_else(|| pipeline::default_report_path(&plan));
-            println!("report: {}", path.display());
+            outln!("report: {}", path.display());
             Ok(())
         }
         Err(f) => Err(
@@ -531,17 +546,17 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
         WorkflowCommand::Status { spool, json } => {
             let st = workflow::status(&spool_of(&spool)?);
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                outln!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                print!("{}", workflow::render_status(&st));
+                out!("{}", workflow::render_status(&st));
             }
         }
         WorkflowCommand::Queue { spool, json } => {
             let q = workflow::queue(&spool_of(&spool)?);
             if json {
-                println!("{}", serde_json::to_string_pretty(&q)?);
+                outln!("{}", serde_json::to_string_pretty(&q)?);
             } else {
-                print!("{}", workflow::render_queue(&q));
+                out!("{}", workflow::render_queue(&q));
             }
         }
         WorkflowCommand::List {
@@ -555,16 +570,16 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
             let entries = workflow::list(&spool_of(&spool)?, filter, since.as_deref())
                 .map_err(anyhow::Error::msg)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                outln!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
-                print!("{}", workflow::render_list(&entries));
+                out!("{}", workflow::render_list(&entries));
             }
         }
         WorkflowCommand::Submit { files, spool } => {
             let sp = spool_of(&spool)?;
             for f in &files {
                 let dest = workflow::submit(&sp, f).map_err(anyhow::Error::msg)?;
-                println!("submitted {} as {}", f.display(), dest.display());
+                outln!("submitted {} as {}", f.display(), dest.display());
             }
         }
     }
@@ -575,9 +590,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("h2k-guest: error: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+/// The reader of our stdout went away (`h2k-guest workflow list | head -1`): not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1027,6 +1027,7 @@ fn seed_plan(value: &Value, origin: &Path, root: PathBuf, w: &mut Vec<String>) -
             ..VmPlan::default()
         },
         output_dir: root,
+        trust_backing_files: false,
         warnings: Vec::new(),
     })
 }
@@ -1281,6 +1282,7 @@ fn artifact_plan(value: &Value, origin: &Path, root: PathBuf, w: &mut Vec<String
         validate,
         vm,
         output_dir: root,
+        trust_backing_files: false,
         warnings: Vec::new(),
     })
 }

@@ -225,6 +225,9 @@ pub struct Plan {
     pub vm: VmPlan,
     /// Directory outputs are confined to.
     pub output_dir: PathBuf,
+    /// Follow backing files and VMDK extents outside the source's own directory tree (and
+    /// protocol/`json:` names). Off by default: an image is untrusted data (`--trust-backing-files`).
+    pub trust_backing_files: bool,
     /// Unknown keys and other non-fatal remarks found while reading the manifest.
     pub warnings: Vec<String>,
 }
@@ -288,6 +291,7 @@ impl Plan {
             validate: ValidatePlan::default(),
             vm: VmPlan::default(),
             output_dir,
+            trust_backing_files: false,
             warnings: Vec::new(),
         }
     }

@@ -5,18 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use crate::inspect::OsInfo;
 use crate::load::SourceInfo;
 use crate::plan::Plan;
 
-/// RFC 3339 UTC timestamp for reports and error files.
-pub fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+pub use crate::util::now_rfc3339;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StageTiming {
@@ -239,30 +233,7 @@ pub fn summary(r: &Report) -> String {
     o
 }
 
-/// Write `bytes` to `path` via a temp file in the same directory, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    synced_temp_beside(path, bytes)?
-        .persist(path)
-        .map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// A hidden temp file in `path`'s directory holding `bytes`, already fsynced: rename it
-/// into place (replacing or not, as the caller needs) for an all-or-nothing write.
-pub fn synced_temp_beside(path: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".h2k-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    Ok(tmp)
-}
+pub use crate::util::{synced_temp_beside, write_atomic};
 
 /// A unified diff between two versions of a guest file.
 pub fn unified_diff(path: &str, old: &str, new: &str) -> String {

@@ -92,13 +92,7 @@ pub fn date_of(t: time::OffsetDateTime) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), d.month() as u8, d.day())
 }
 
-/// Seconds since the epoch, for elapsed-time arithmetic by readers.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
+pub use crate::util::unix_now;
 
 /// What the daemon does with a directory entry of `to_be_processed/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
