@@ -25,4 +25,5 @@ pub mod report;
 pub mod util;
 pub mod validate;
 pub mod version;
+pub mod workdir;
 pub mod workflow;

@@ -172,15 +172,16 @@ fn run_stages(
     check_cancel(opts)?;
 
     *stage = "load".into();
-    let workdir = tempfile::Builder::new()
-        .prefix(".h2k-guest-")
-        .tempdir_in(&plan.output_dir)
-        .map_err(|e| {
-            PipelineError::Sanity(format!(
-                "{}: cannot create a work directory: {e}",
-                plan.output_dir.display()
-            ))
-        })?;
+    // Work directories of runs killed with SIGKILL are removed here, by the next run.
+    for stale in crate::workdir::sweep_stale(&plan.output_dir) {
+        log::info!("removed the abandoned work directory {}", stale.display());
+    }
+    let workdir = crate::workdir::WorkDir::create(&plan.output_dir).map_err(|e| {
+        PipelineError::Sanity(format!(
+            "{}: cannot create a work directory: {e}",
+            plan.output_dir.display()
+        ))
+    })?;
     let overlays = report.stage("load", |r| load_sources(plan, opts, r, workdir.path()))?;
     check_cancel(opts)?;
 
