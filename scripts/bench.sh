@@ -3,12 +3,13 @@
 # run, alternating the order of the tools from round to round so machine drift cancels.
 #
 #   bash scripts/bench.sh [--rounds N] [--fixtures a[:N],b[:N]] [--no-boot] [--no-grow] [--keep]
-#                         [--wait-idle SECS] [--doc FILE] [--no-doc]
+#                         [--wait-idle SECS] [--doc FILE] [--no-doc] [--baseline BIN]
 #
 # NAME:N in --fixtures overrides --rounds for that fixture. Per fixture and round (the order
 # reverses every other round):
 #   h2k         h2k-guest fix SRC -o OUT.qcow2 -q
 #   h2k-z       h2k-guest fix SRC -o OUT.qcow2 -q --compress            (zstd)
+#   h2k-base    BIN fix SRC -o OUT.qcow2 -q, with --baseline BIN (an older build, for before/after)
 #   v2v         virt-v2v -i disk SRC -o local -os DIR -of qcow2 -on NAME
 #   floor       qemu-img convert -W -O qcow2 SRC OUT                    (h2k's qemu-img options)
 #   floor-z     qemu-img convert -W -O qcow2 -c -o compression_type=zstd SRC OUT
@@ -44,6 +45,7 @@ KEEP=0
 WAIT_IDLE=600
 DOC=$REPO/docs/benchmarks.md
 WRITE_DOC=1
+BASELINE=
 ORIG_ARGS="$*"
 
 usage() {
@@ -60,6 +62,7 @@ while [ $# -gt 0 ]; do
         --wait-idle) WAIT_IDLE=${2:?}; shift 2 ;;
         --doc) DOC=$(readlink -f "${2:?}"); shift 2 ;;
         --no-doc) WRITE_DOC=0; shift ;;
+        --baseline) BASELINE=$(readlink -f "${2:?}"); shift 2 ;;
         -h|--help) usage ;;
         *) echo "bench: unknown argument $1" >&2; usage ;;
     esac
@@ -247,12 +250,18 @@ for spec in "${FIX_LIST[@]}"; do
         rm -rf "$D"; mkdir -p "$D/v2v"
         order=(h2k v2v h2k-z floor floor-z appliance)
         if [ $((r % 2)) = 0 ]; then order=(appliance floor-z floor h2k-z v2v h2k); fi
+        if [ -n "$BASELINE" ]; then
+            # Next to h2k, on the other side of it each round, so drift hits both alike.
+            if [ $((r % 2)) = 0 ]; then order=(h2k-base "${order[@]}"); else order=(h2k h2k-base "${order[@]:1}"); fi
+        fi
         for tool in "${order[@]}"; do
             case $tool in
                 h2k) measure "$fixture" h2k "$r" "$D/h2k.qcow2" "$D/h2k.qcow2.report.json" -- \
                         "$H2K" fix "$src" -o "$D/h2k.qcow2" -q --accel "$ACCEL" ;;
                 h2k-z) measure "$fixture" h2k-z "$r" "$D/h2kz.qcow2" "$D/h2kz.qcow2.report.json" -- \
                         "$H2K" fix "$src" -o "$D/h2kz.qcow2" -q --compress --accel "$ACCEL" ;;
+                h2k-base) measure "$fixture" h2k-base "$r" "$D/h2kb.qcow2" "$D/h2kb.qcow2.report.json" -- \
+                        "$BASELINE" fix "$src" -o "$D/h2kb.qcow2" -q --accel "$ACCEL" ;;
                 v2v) measure "$fixture" v2v "$r" "$D/v2v/v2v-sda" "" -- \
                         virt-v2v -i disk "$src" -o local -os "$D/v2v" -of qcow2 -on v2v ;;
                 floor) measure "$fixture" floor "$r" "$D/floor.qcow2" "" -- \

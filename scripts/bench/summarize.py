@@ -17,6 +17,7 @@ MIB = 1024 * 1024
 TOOLS = [
     ("h2k", "h2k-guest fix → qcow2"),
     ("h2k-z", "h2k-guest fix --compress (zstd)"),
+    ("h2k-base", "baseline build: fix → qcow2 (--baseline)"),
     ("v2v", "virt-v2v -i disk -o local -of qcow2"),
     ("floor", "qemu-img convert -W -O qcow2 SRC (floor)"),
     ("floor-z", "qemu-img convert -W -c zstd SRC (floor, compressed)"),
@@ -167,7 +168,7 @@ for fx in fixtures:
 
     # h2k-guest per stage
     stages = ["sanity", "load", "appliance", "inspect", "fix", "convert"]
-    cols = [t for t in ("h2k", "h2k-z", "h2k-grown") if S[t]["reports"]]
+    cols = [t for t in ("h2k", "h2k-base", "h2k-z", "h2k-grown") if S[t]["reports"]]
     if cols:
         p("")
         p("h2k-guest per stage (median seconds, from the reports' `timeline[]` and `fixes[]`):")
@@ -219,6 +220,11 @@ for fx in fixtures:
                        if h["idle"] and v["idle"] else "")
                     + f"; h2k boots: {boot_h2k}, virt-v2v boots: {boot_v2v}",
                     "met" if r is not None and r <= 0.6 and boot_h2k == "yes" else "MISSED" if r is not None else "n/a"))
+    rb = ratio(h["med"], S["h2k-base"]["med"]) if "h2k-base" in S else None
+    if rb is not None:
+        targets.append((fx, "this build vs the baseline build (no slower than noise)",
+                        f"{fmt(h['med'])} / {fmt(S['h2k-base']['med'])} s = {fmt(rb, 2)}",
+                        "met" if rb <= 1.1 else "MISSED"))
     rz = ratio(S["h2k-z"]["med"], v["med"])
     if rz is not None:
         targets.append((fx, "(compressed) end to end ≤ 0.6 × virt-v2v",
