@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use super::paths::*;
@@ -86,6 +88,9 @@ pub(super) const FIRMWARES: &[(&str, Option<Firmware>)] = &[
     ("unknown", None),
 ];
 
+/// A VM with more disks than this is not a real export; the cap bounds the work per manifest.
+pub const MAX_DISKS: usize = 64;
+
 /// HyperSDK Artifact Manifest v1.0 (`"manifest_version": "1.0"`, `disks[]`).
 pub(super) fn artifact_plan(
     value: &Value,
@@ -102,6 +107,9 @@ pub(super) fn artifact_plan(
         }
         vm.provider = source.str("provider")?.map(str::to_string);
         vm.name = source.str("vm_name")?.map(str::to_string);
+        if let Some(name) = &vm.name {
+            no_control_chars(&source.key("vm_name"), name)?;
+        }
     }
     if let Some(hw) = top.object("vm", ARTIFACT_VM_KEYS, w)? {
         // The exporter omits zero values; a 0 here means "unknown", not "none".
@@ -115,7 +123,9 @@ pub(super) fn artifact_plan(
     if let Some(nics) = top.array("nics")? {
         for (i, item) in nics.iter().enumerate() {
             let nic = Obj::open(format!("nics[{i}]"), item, &["id", "mac", "network"], w)?;
-            nic.str("id")?;
+            if let Some(id) = nic.str("id")? {
+                no_control_chars(&nic.key("id"), id)?;
+            }
             let mac = nic.str("mac")?;
             if let Some(mac) = mac.filter(|m| !valid_mac(m)) {
                 return Err(bad(
@@ -137,8 +147,12 @@ pub(super) fn artifact_plan(
     let mut fix = FixPlan::default();
     let mut convert = ConvertPlan::default();
     let mut validate = ValidatePlan::default();
-    let pipeline_keys = &["inspect", "fix", "convert", "validate"];
+    let mut trust_backing_files = false;
+    let pipeline_keys = &["load", "inspect", "fix", "convert", "validate"];
     if let Some(p) = top.object("pipeline", pipeline_keys, w)? {
+        if let Some(load) = p.object("load", &["trust_backing_files"], w)? {
+            trust_backing_files = load.bool("trust_backing_files")?.unwrap_or(false);
+        }
         if let Some(i) = p.object("inspect", &["enabled", "collect_guest_info"], w)? {
             i.bool("collect_guest_info")?;
             inspect = i.bool("enabled")?.unwrap_or(true);
@@ -194,7 +208,7 @@ pub(super) fn artifact_plan(
             label: format!("disks[{}]", disk.index),
         })
         .collect();
-    check_placements(&placements)?;
+    check_placements(&placements, &root)?;
 
     Ok(Plan {
         dialect: Dialect::ArtifactV1,
@@ -219,7 +233,7 @@ pub(super) fn artifact_plan(
         validate,
         vm,
         output_dir: root,
-        trust_backing_files: false,
+        trust_backing_files,
         warnings: Vec::new(),
     })
 }
@@ -274,6 +288,13 @@ pub(super) fn artifact_disks(top: &Obj, w: &mut Vec<String>) -> Res<Vec<Artifact
     if items.is_empty() {
         return Err(bad("disks", "must list at least one disk"));
     }
+    if items.len() > MAX_DISKS {
+        return Err(bad(
+            "disks",
+            format!("lists {} disks (at most {MAX_DISKS})", items.len()),
+        ));
+    }
+    let mut first_with_id: HashMap<&str, usize> = HashMap::with_capacity(items.len());
     let mut disks: Vec<ArtifactDisk> = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let d = Obj::open(format!("disks[{index}]"), item, ARTIFACT_DISK_KEYS, w)?;
@@ -284,14 +305,10 @@ pub(super) fn artifact_disks(top: &Obj, w: &mut Vec<String>) -> Res<Vec<Artifact
                 format!("{} does not match ^[a-zA-Z0-9_-]+$", quote(id)),
             ));
         }
-        if let Some(first) = disks.iter().find(|other| other.id == id) {
+        if let Some(first) = first_with_id.insert(id, index) {
             return Err(bad(
                 &d.key("id"),
-                format!(
-                    "duplicate id {} (also disks[{}].id)",
-                    quote(id),
-                    first.index
-                ),
+                format!("duplicate id {} (also disks[{}].id)", quote(id), first),
             ));
         }
         let format = d
@@ -309,7 +326,9 @@ pub(super) fn artifact_disks(top: &Obj, w: &mut Vec<String>) -> Res<Vec<Artifact
             })?),
         };
         let boot_order_hint = d.u32("boot_order_hint")?;
-        d.str("label")?;
+        if let Some(label) = d.str("label")? {
+            no_control_chars(&d.key("label"), label)?;
+        }
         let disk_type = d.choice("disk_type", DISK_TYPES)?.unwrap_or_default();
         disks.push(ArtifactDisk {
             index,

@@ -133,13 +133,25 @@ pub fn parse_manifest(
 const BINARY: &str = "binary file, not a JSON or YAML manifest";
 
 fn read_text(path: &Path) -> Result<String, ManifestError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let fail =
         |message: String| ManifestError::new(path, ManifestErrorKind::Read, None, None, message);
-    let meta = fs::metadata(path).map_err(|e| fail(io_reason(&e)))?;
+    // Non-blocking so a FIFO given as the manifest cannot hang the open; fstat then refuses it.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(io_reason(&e)))?;
+    let meta = file.metadata().map_err(|e| fail(io_reason(&e)))?;
     if meta.is_dir() {
         return Err(fail("is a directory, not a manifest file".into()));
     }
-    let file = fs::File::open(path).map_err(|e| fail(io_reason(&e)))?;
+    if !meta.is_file() {
+        return Err(fail(format!(
+            "is a {}, not a regular file",
+            file_type_name(&meta.file_type())
+        )));
+    }
     let mut bytes = Vec::new();
     // Read one byte past the cap so "exactly 4 MiB" and "more" are told apart without reading more.
     file.take(MAX_MANIFEST_BYTES as u64 + 1)
@@ -162,6 +174,28 @@ fn read_text(path: &Path) -> Result<String, ManifestError> {
     })
 }
 
+/// "FIFO", "character device", … for messages refusing a file by its type.
+pub(crate) fn file_type_name(kind: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_symlink() {
+        "symlink"
+    } else if kind.is_file() {
+        "regular file"
+    } else {
+        "special file"
+    }
+}
+
 fn io_reason(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::NotFound => "no such file".into(),
@@ -181,7 +215,10 @@ fn parse_value(text: &str, origin: &Path) -> Result<Value, ManifestError> {
         )
     };
     if is_json(origin, text) {
-        serde_json::from_str(text).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let parsed = serde::de::DeserializeSeed::deserialize(UniqueKeys(String::new()), &mut de)
+            .and_then(|value| de.end().map(|()| value));
+        parsed.map_err(|e| {
             let at = (e.line() > 0).then(|| (e.line(), e.column().max(1)));
             syntax("JSON", at, e.to_string())
         })
@@ -193,6 +230,70 @@ fn parse_value(text: &str, origin: &Path) -> Result<Value, ManifestError> {
         yaml.apply_merge()
             .map_err(|e| syntax("YAML", None, e.to_string()))?;
         Ok(yaml_to_json(yaml))
+    }
+}
+
+/// Parses JSON into a [`Value`] like serde_json does, but refuses a key given twice in one object
+/// (serde_json would keep the last silently; YAML already refuses). The field is the key path.
+struct UniqueKeys(String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeys {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) =
+            seq.next_element_seed(UniqueKeys(format!("{}[{}]", self.0, items.len())))?
+        {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = join(&self.0, &key);
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {path}")));
+            }
+            let value = map.next_value_seed(UniqueKeys(path))?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -273,6 +374,7 @@ mod paths;
 mod seed;
 mod value;
 
+pub use artifact::MAX_DISKS;
 use artifact::*;
 use paths::*;
 use seed::*;

@@ -58,9 +58,17 @@ pub(super) fn seed_plan(
         Some(meta) => meta.str("name")?,
         None => None,
     };
+    if let Some(name) = name {
+        no_control_chars("metadata.name", name)?;
+    }
     let pipeline = top.required_object("pipeline", SEED_PIPELINE_KEYS, w)?;
 
-    let load = pipeline.required_object("load", &["source_type", "source_path"], w)?;
+    let load = pipeline.required_object(
+        "load",
+        &["source_type", "source_path", "trust_backing_files"],
+        w,
+    )?;
+    let trust_backing_files = load.bool("trust_backing_files")?.unwrap_or(false);
     let source_type = load.choice("source_type", SEED_SOURCE_TYPES)?;
     let source_key = load.key("source_path");
     let source = check_source(&source_key, load.required_str("source_path")?)?;
@@ -105,13 +113,16 @@ pub(super) fn seed_plan(
         ),
         None => (root.join(format!("{id}.{}", format.1)), None),
     };
-    check_placements(&[Placement {
-        source: &source,
-        source_key,
-        output: &output,
-        output_key,
-        label: "pipeline.load.source_path".into(),
-    }])?;
+    check_placements(
+        &[Placement {
+            source: &source,
+            source_key,
+            output: &output,
+            output_key,
+            label: "pipeline.load.source_path".into(),
+        }],
+        &root,
+    )?;
 
     Ok(Plan {
         dialect: Dialect::SeedV1,
@@ -136,7 +147,7 @@ pub(super) fn seed_plan(
             ..VmPlan::default()
         },
         output_dir: root,
-        trust_backing_files: false,
+        trust_backing_files,
         warnings: Vec::new(),
     })
 }

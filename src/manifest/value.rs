@@ -406,3 +406,15 @@ pub(super) fn valid_mac(mac: &str) -> bool {
 pub(super) fn is_nbd(source: &str) -> bool {
     NBD_SCHEMES.iter().any(|scheme| source.starts_with(scheme))
 }
+
+/// NUL, newlines and other control characters have no business in paths, ids or names: they
+/// truncate C strings in libguestfs and forge lines in logs and reports.
+pub(super) fn no_control_chars(key: &str, given: &str) -> Res<()> {
+    match given.chars().position(char::is_control) {
+        None => Ok(()),
+        Some(at) => Err(bad(
+            key,
+            format!("{} contains a control character at {at}", quote(given)),
+        )),
+    }
+}
