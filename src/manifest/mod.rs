@@ -1883,4 +1883,236 @@ options: {{dry_run: false, verbose: 1}}
         assert_eq!(json.validate, yaml.validate);
         assert_eq!(json.vm, yaml.vm);
     }
+
+    // ---- hostile inputs -----------------------------------------------------------------------
+
+    #[test]
+    fn trust_backing_files_is_read_in_both_dialects() {
+        let fx = Fixture::new();
+        assert!(!fx.parse("m.json", &fx.seed()).unwrap().trust_backing_files);
+        let seed = edit(
+            &fx.seed(),
+            r#""source_type": "vmdk","#,
+            r#""source_type": "vmdk", "trust_backing_files": true,"#,
+        );
+        assert!(fx.parse("m.json", &seed).unwrap().trust_backing_files);
+        let artifact = edit(
+            &fx.artifact(),
+            r#""pipeline": {"#,
+            r#""pipeline": {"load": {"trust_backing_files": true},"#,
+        );
+        let plan = fx.parse("m.json", &artifact).unwrap();
+        assert!(plan.trust_backing_files);
+        assert!(
+            plan.warnings.iter().all(|w| !w.contains("load")),
+            "{:?}",
+            plan.warnings
+        );
+        let wrong = edit(
+            &fx.artifact(),
+            r#""pipeline": {"#,
+            r#""pipeline": {"load": {"trust_backing_files": "yes"},"#,
+        );
+        assert_eq!(
+            err(fx.parse("m.json", &wrong)).key(),
+            Some("pipeline.load.trust_backing_files")
+        );
+    }
+
+    #[test]
+    fn duplicate_json_keys_are_refused_with_their_path() {
+        let fx = Fixture::new();
+        let text = edit(&fx.artifact(), r#""cpu": 4,"#, r#""cpu": 4, "cpu": 8,"#);
+        let e = err(fx.parse("m.json", &text));
+        assert_eq!(e.kind(), ManifestErrorKind::Syntax);
+        assert!(e.to_string().contains("duplicate key vm.cpu"), "{e}");
+        let text = edit(
+            &fx.artifact(),
+            r#""label": "OS","#,
+            r#""label": "OS", "label": "x","#,
+        );
+        assert!(err(fx.parse("m.json", &text))
+            .to_string()
+            .contains("duplicate key disks[1].label"));
+    }
+
+    fn many_disks(fx: &Fixture, count: usize) -> String {
+        let source = fx.disk("d.vmdk");
+        let disks: Vec<String> = (0..count)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"d{i}","source_format":"vmdk","bytes":1,"local_path":"{source}"}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"manifest_version":"1.0","disks":[{}],"output":{{"directory":"out"}}}}"#,
+            disks.join(",")
+        )
+    }
+
+    #[test]
+    fn disks_are_capped() {
+        let fx = Fixture::new();
+        let plan = fx.parse("m.json", &many_disks(&fx, MAX_DISKS)).unwrap();
+        assert_eq!(plan.disks.len(), MAX_DISKS);
+        let e = err(fx.parse("m.json", &many_disks(&fx, MAX_DISKS + 1)));
+        assert_eq!(e.key(), Some("disks"));
+        assert!(e.message().contains("65"), "{e}");
+    }
+
+    #[test]
+    fn control_characters_are_refused_where_they_name_things() {
+        let fx = Fixture::new();
+        let text = edit(&fx.artifact(), r#""label": "OS""#, r#""label": "O\u0000S""#);
+        assert_eq!(err(fx.parse("m.json", &text)).key(), Some("disks[1].label"));
+        let text = edit(
+            &fx.artifact(),
+            r#""directory": "out""#,
+            r#""directory": "o\nut""#,
+        );
+        assert_eq!(
+            err(fx.parse("m.json", &text)).key(),
+            Some("output.directory")
+        );
+    }
+
+    #[test]
+    fn outputs_through_symlinks_are_refused() {
+        let fx = Fixture::new();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), fx.path("out")).unwrap();
+        let e = err(fx.parse("m.json", &fx.artifact()));
+        assert!(e.message().contains("is a symlink"), "{e}");
+        assert!(fs::read_dir(elsewhere.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn special_files_are_refused_as_sources() {
+        assert!(check_source("k", "/dev/zero")
+            .unwrap_err()
+            .message
+            .contains("character device"));
+        assert!(check_source("k", "/proc/self/mem")
+            .unwrap_err()
+            .message
+            .contains("pseudo-file"));
+        assert!(check_source("k", "nbd+unix:///x?socket=/run/s.sock").is_ok());
+        assert!(check_source("k", "nbd://").is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                "[ -~\\x00-\\x1f]{0,12}".prop_map(Value::String),
+                prop::sample::select(vec!["1.0", "/dev/zero", "disks", "../x", "nbd://h/e"])
+                    .prop_map(|s| Value::String(s.into())),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                let keys = prop::sample::select(vec![
+                    "version",
+                    "manifest_version",
+                    "pipeline",
+                    "load",
+                    "source_path",
+                    "disks",
+                    "id",
+                    "local_path",
+                    "output",
+                    "filename",
+                    "directory",
+                    "convert",
+                    "output_path",
+                    "bytes",
+                    "source_format",
+                    "metadata",
+                    "name",
+                    "x",
+                ]);
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::btree_map(keys.prop_map(String::from), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn assert_one_line_naming(e: &ManifestError, file: &Path) {
+            let text = e.to_string();
+            assert!(!text.contains('\n') && !text.contains('\r'), "{text:?}");
+            assert!(text.starts_with(&file.display().to_string()), "{text:?}");
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(600))]
+
+            #[test]
+            fn arbitrary_values_never_panic(value in json_value(), yaml in any::<bool>()) {
+                let fx = Fixture::new();
+                let (name, text) = if yaml {
+                    ("m.yaml", serde_yaml_ng::to_string(&value).unwrap())
+                } else {
+                    ("m.json", value.to_string())
+                };
+                if let Err(e) = fx.parse(name, &text) {
+                    assert_one_line_naming(&e, &fx.path(name));
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200), yaml in any::<bool>()) {
+                let fx = Fixture::new();
+                let name = if yaml { "m.yaml" } else { "m.json" };
+                fs::write(fx.path(name), &bytes).unwrap();
+                if let Err(e) = load_manifest(&fx.path(name), None) {
+                    assert_one_line_naming(&e, &fx.path(name));
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(150))]
+
+            #[test]
+            fn valid_manifests_keep_outputs_inside(
+                ids in prop::collection::btree_set("[a-z0-9_-]{1,8}", 1..5),
+                dir in "[a-z]{1,6}(/[a-z]{1,6})?",
+                filename in proptest::option::of("[a-z]{1,6}(/[a-z]{1,6})?(\\.qcow2)?"),
+            ) {
+                let fx = Fixture::new();
+                let source = fx.disk("src.vmdk");
+                let disks: Vec<Value> = ids
+                    .iter()
+                    .map(|id| serde_json::json!({
+                        "id": id, "source_format": "vmdk", "bytes": 1, "local_path": source,
+                    }))
+                    .collect();
+                let mut output = serde_json::json!({"directory": dir});
+                if let Some(f) = &filename {
+                    output["filename"] = Value::String(f.clone());
+                }
+                let text = serde_json::json!({
+                    "manifest_version": "1.0", "disks": disks, "output": output,
+                })
+                .to_string();
+                match fx.parse("m.json", &text) {
+                    Ok(plan) => {
+                        prop_assert_eq!(plan.disks.len(), ids.len());
+                        for disk in &plan.disks {
+                            prop_assert!(disk.output.starts_with(&plan.output_dir));
+                            prop_assert!(disk.output != plan.output_dir);
+                        }
+                    }
+                    // A filename may name another disk's default output: that clash is the only refusal.
+                    Err(e) => prop_assert!(e.message().contains("is also the output of"), "{}", e),
+                }
+            }
+        }
+    }
 }
