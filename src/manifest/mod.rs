@@ -8,14 +8,11 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::plan::{
-    CompressionType, ConvertPlan, Dialect, DiskPlan, DiskType, Firmware, FixPlan, FstabMode,
-    NicPlan, OutputFormat, Plan, ValidatePlan, VmPlan,
-};
+use crate::plan::Plan;
 
 /// A manifest is a few KiB; anything larger is refused unread.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -136,13 +133,25 @@ pub fn parse_manifest(
 const BINARY: &str = "binary file, not a JSON or YAML manifest";
 
 fn read_text(path: &Path) -> Result<String, ManifestError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let fail =
         |message: String| ManifestError::new(path, ManifestErrorKind::Read, None, None, message);
-    let meta = fs::metadata(path).map_err(|e| fail(io_reason(&e)))?;
+    // Non-blocking so a FIFO given as the manifest cannot hang the open; fstat then refuses it.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(io_reason(&e)))?;
+    let meta = file.metadata().map_err(|e| fail(io_reason(&e)))?;
     if meta.is_dir() {
         return Err(fail("is a directory, not a manifest file".into()));
     }
-    let file = fs::File::open(path).map_err(|e| fail(io_reason(&e)))?;
+    if !meta.is_file() {
+        return Err(fail(format!(
+            "is a {}, not a regular file",
+            file_type_name(&meta.file_type())
+        )));
+    }
     let mut bytes = Vec::new();
     // Read one byte past the cap so "exactly 4 MiB" and "more" are told apart without reading more.
     file.take(MAX_MANIFEST_BYTES as u64 + 1)
@@ -165,6 +174,28 @@ fn read_text(path: &Path) -> Result<String, ManifestError> {
     })
 }
 
+/// "FIFO", "character device", … for messages refusing a file by its type.
+pub(crate) fn file_type_name(kind: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_symlink() {
+        "symlink"
+    } else if kind.is_file() {
+        "regular file"
+    } else {
+        "special file"
+    }
+}
+
 fn io_reason(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::NotFound => "no such file".into(),
@@ -184,7 +215,10 @@ fn parse_value(text: &str, origin: &Path) -> Result<Value, ManifestError> {
         )
     };
     if is_json(origin, text) {
-        serde_json::from_str(text).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let parsed = serde::de::DeserializeSeed::deserialize(UniqueKeys(String::new()), &mut de)
+            .and_then(|value| de.end().map(|()| value));
+        parsed.map_err(|e| {
             let at = (e.line() > 0).then(|| (e.line(), e.column().max(1)));
             syntax("JSON", at, e.to_string())
         })
@@ -196,6 +230,70 @@ fn parse_value(text: &str, origin: &Path) -> Result<Value, ManifestError> {
         yaml.apply_merge()
             .map_err(|e| syntax("YAML", None, e.to_string()))?;
         Ok(yaml_to_json(yaml))
+    }
+}
+
+/// Parses JSON into a [`Value`] like serde_json does, but refuses a key given twice in one object
+/// (serde_json would keep the last silently; YAML already refuses). The field is the key path.
+struct UniqueKeys(String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeys {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) =
+            seq.next_element_seed(UniqueKeys(format!("{}[{}]", self.0, items.len())))?
+        {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = join(&self.0, &key);
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {path}")));
+            }
+            let value = map.next_value_seed(UniqueKeys(path))?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -271,601 +369,16 @@ fn yaml_key(key: serde_yaml_ng::Value) -> String {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Walking the value
+mod artifact;
+mod paths;
+mod seed;
+mod value;
 
-/// A problem at a key path (empty = the whole document); `parse_manifest` adds the file name.
-struct Bad {
-    key: String,
-    message: String,
-}
-
-type Res<T> = Result<T, Bad>;
-
-fn bad(key: &str, message: impl Into<String>) -> Bad {
-    Bad {
-        key: key.to_string(),
-        message: message.into(),
-    }
-}
-
-fn expected(key: &str, what: &str, found: &Value) -> Bad {
-    bad(key, format!("expected {what}, found {}", describe(found)))
-}
-
-fn missing(key: &str) -> Bad {
-    bad(key, "missing required key")
-}
-
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("boolean {b}"),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string {}", quote(s)),
-        Value::Array(_) => "an array".into(),
-        Value::Object(_) => "an object".into(),
-    }
-}
-
-/// A value for a message: quoted, escaped (so it stays on one line) and cut at 100 characters.
-fn quote(s: &str) -> String {
-    const MAX_CHARS: usize = 100;
-    if s.chars().count() > MAX_CHARS {
-        let head: String = s.chars().take(MAX_CHARS).collect();
-        format!("{head:?}…")
-    } else {
-        format!("{s:?}")
-    }
-}
-
-fn join(parent: &str, key: &str) -> String {
-    let plain = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    match (parent.is_empty(), plain) {
-        (true, true) => key.to_string(),
-        (false, true) => format!("{parent}.{key}"),
-        (_, false) => format!("{parent}[{key:?}]"),
-    }
-}
-
-fn one_of<T>(choices: &[(&str, T)]) -> String {
-    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
-    match names.split_last() {
-        Some((last, [])) => last.to_string(),
-        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
-        None => String::new(),
-    }
-}
-
-/// An object at a key path.
-struct Obj<'v> {
-    path: String,
-    map: &'v Map<String, Value>,
-}
-
-impl<'v> Obj<'v> {
-    /// Type-check `value` as an object and warn about every key not in `known`.
-    fn open(
-        path: String,
-        value: &'v Value,
-        known: &[&str],
-        warnings: &mut Vec<String>,
-    ) -> Res<Self> {
-        let map = value
-            .as_object()
-            .ok_or_else(|| expected(&path, "an object", value))?;
-        for key in map.keys() {
-            // JSON has no comments; `"comment": "…"` is the usual stand-in, so it is never flagged.
-            if !known.contains(&key.as_str()) && key != "comment" {
-                warnings.push(format!("unknown key {} (ignored)", join(&path, key)));
-            }
-        }
-        Ok(Obj { path, map })
-    }
-
-    fn key(&self, key: &str) -> String {
-        join(&self.path, key)
-    }
-
-    /// `null` counts as absent: YAML reads an empty value (`key:`) as null.
-    fn get(&self, key: &str) -> Option<&'v Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn has(&self, key: &str) -> bool {
-        self.get(key).is_some()
-    }
-
-    fn object(&self, key: &str, known: &[&str], w: &mut Vec<String>) -> Res<Option<Obj<'v>>> {
-        self.get(key)
-            .map(|v| Obj::open(self.key(key), v, known, w))
-            .transpose()
-    }
-
-    fn required_object(&self, key: &str, known: &[&str], w: &mut Vec<String>) -> Res<Obj<'v>> {
-        self.object(key, known, w)?
-            .ok_or_else(|| missing(&self.key(key)))
-    }
-
-    /// An object with free-form keys (metadata, tags): type-checked, keys never flagged.
-    fn free_object(&self, key: &str) -> Res<Option<Obj<'v>>> {
-        self.object(key, &[], &mut Vec::new())
-    }
-
-    fn array(&self, key: &str) -> Res<Option<&'v Vec<Value>>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => Ok(Some(items)),
-            Some(other) => Err(expected(&self.key(key), "an array", other)),
-        }
-    }
-
-    fn bool(&self, key: &str) -> Res<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(expected(&self.key(key), "a boolean", other)),
-        }
-    }
-
-    fn str(&self, key: &str) -> Res<Option<&'v str>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(expected(&self.key(key), "a string", other)),
-        }
-    }
-
-    fn required_str(&self, key: &str) -> Res<&'v str> {
-        self.str(key)?.ok_or_else(|| missing(&self.key(key)))
-    }
-
-    fn uint(&self, key: &str) -> Res<Option<u64>> {
-        let Some(value) = self.get(key) else {
-            return Ok(None);
-        };
-        let not_uint = || expected(&self.key(key), "a non-negative integer", value);
-        let Value::Number(n) = value else {
-            return Err(not_uint());
-        };
-        if let Some(u) = n.as_u64() {
-            return Ok(Some(u));
-        }
-        match n.as_f64() {
-            // Some writers emit 2.0 for 2.
-            Some(f) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
-            _ => Err(not_uint()),
-        }
-    }
-
-    fn u32(&self, key: &str) -> Res<Option<u32>> {
-        match self.uint(key)? {
-            None => Ok(None),
-            Some(n) => u32::try_from(n)
-                .map(Some)
-                .map_err(|_| bad(&self.key(key), format!("{n} is out of range"))),
-        }
-    }
-
-    fn number(&self, key: &str) -> Res<Option<f64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v @ Value::Number(n)) => match n.as_f64() {
-                Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f)),
-                _ => Err(expected(&self.key(key), "a non-negative number", v)),
-            },
-            Some(other) => Err(expected(&self.key(key), "a non-negative number", other)),
-        }
-    }
-
-    fn choice<T: Copy>(&self, key: &str, choices: &[(&str, T)]) -> Res<Option<T>> {
-        let Some(s) = self.str(key)? else {
-            return Ok(None);
-        };
-        match choices.iter().find(|(name, _)| *name == s) {
-            Some((_, value)) => Ok(Some(*value)),
-            None => Err(bad(
-                &self.key(key),
-                format!("unknown value {} (expected {})", quote(s), one_of(choices)),
-            )),
-        }
-    }
-
-    /// Set `target` from a boolean key when the key is present.
-    fn set_bool(&self, key: &str, target: &mut bool) -> Res<()> {
-        if let Some(b) = self.bool(key)? {
-            *target = b;
-        }
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared vocabulary
-
-const FSTAB_MODES: &[(&str, FstabMode)] = &[
-    ("stabilize-all", FstabMode::StabilizeAll),
-    ("bypath-only", FstabMode::BypathOnly),
-    ("noop", FstabMode::Noop),
-];
-
-/// Output format names, with the extension each gives a file name that lacks one.
-const OUTPUT_FORMATS: &[(&str, (OutputFormat, &str))] = &[
-    ("qcow2", (OutputFormat::Qcow2, "qcow2")),
-    ("raw", (OutputFormat::Raw, "raw")),
-    ("img", (OutputFormat::Raw, "img")),
-];
-
-const COMPRESSION_TYPES: &[(&str, CompressionType)] = &[
-    ("zstd", CompressionType::Zstd),
-    ("zlib", CompressionType::Zlib),
-];
-
-/// Extensions taken as "the name already has an image extension": anything else gets one added.
-const IMAGE_EXTENSIONS: &[&str] = &["qcow2", "qcow", "raw", "img", "vmdk", "vdi", "vhd", "vhdx"];
-
-const NBD_SCHEMES: &[&str] = &["nbd://", "nbd+unix://", "nbd+tcp://"];
-
-const VALIDATE_KEYS: &[&str] = &["enabled", "check_image_integrity", "boot", "boot_timeout"];
-
-fn check_version(key: &str, value: &Value) -> Res<()> {
-    let supported = match value {
-        Value::String(s) => s == "1.0",
-        // YAML reads an unquoted `1.0` as a number.
-        Value::Number(n) => n.as_f64() == Some(1.0),
-        _ => false,
-    };
-    match value {
-        _ if supported => Ok(()),
-        Value::String(s) => Err(bad(
-            key,
-            format!("unsupported version {} (expected \"1.0\")", quote(s)),
-        )),
-        Value::Number(n) => Err(bad(
-            key,
-            format!("unsupported version {n} (expected \"1.0\")"),
-        )),
-        other => Err(expected(key, "a version string such as \"1.0\"", other)),
-    }
-}
-
-fn output_format(obj: &Obj, key: &str) -> Res<Option<(OutputFormat, &'static str)>> {
-    if obj.str(key)? == Some("vdi") {
-        return Err(bad(
-            &obj.key(key),
-            format!(
-                "vdi output is not supported (expected {})",
-                one_of(OUTPUT_FORMATS)
-            ),
-        ));
-    }
-    obj.choice(key, OUTPUT_FORMATS)
-}
-
-fn compress_level(obj: &Obj, key: &str) -> Res<Option<u8>> {
-    match obj.uint(key)? {
-        None => Ok(None),
-        Some(n @ 1..=9) => Ok(Some(n as u8)),
-        Some(n) => Err(bad(
-            &obj.key(key),
-            format!("{n} is out of range (expected 1 to 9)"),
-        )),
-    }
-}
-
-fn validate_plan(obj: Option<Obj>) -> Res<ValidatePlan> {
-    let mut plan = ValidatePlan::default();
-    if let Some(v) = obj {
-        plan.enabled = v.bool("enabled")?.unwrap_or(true);
-        v.set_bool("check_image_integrity", &mut plan.check_image_integrity)?;
-        v.set_bool("boot", &mut plan.boot)?;
-        match v.uint("boot_timeout")? {
-            Some(0) => return Err(bad(&v.key("boot_timeout"), "must be at least 1 (seconds)")),
-            Some(secs) => plan.boot_timeout_secs = secs,
-            None => {}
-        }
-    }
-    Ok(plan)
-}
-
-/// Warn about settings that cannot take effect, and drop compression where qemu-img would refuse it.
-fn settle_convert(convert: &mut ConvertPlan, path: &str, w: &mut Vec<String>) {
-    if convert.compress && convert.format == OutputFormat::Raw {
-        w.push(format!(
-            "{}: compression applies to qcow2 only (ignored for raw output)",
-            join(path, "compress")
-        ));
-        convert.compress = false;
-    }
-    if !convert.enabled {
-        w.push(format!(
-            "{} is false: no converted image will be written",
-            join(path, "enabled")
-        ));
-    }
-}
-
-/// A source: an absolute path to an existing file, or an NBD URI (not checked here).
-fn check_source(key: &str, given: &str) -> Res<String> {
-    if given.is_empty() {
-        return Err(bad(key, "empty path"));
-    }
-    if NBD_SCHEMES.iter().any(|scheme| given.starts_with(scheme)) {
-        return Ok(given.to_string());
-    }
-    if given.contains("://") {
-        return Err(bad(
-            key,
-            format!(
-                "{}: unsupported URI (only nbd://, nbd+unix:// and nbd+tcp:// URIs, or absolute paths)",
-                quote(given)
-            ),
-        ));
-    }
-    if !Path::new(given).is_absolute() {
-        return Err(bad(
-            key,
-            format!("{} is not an absolute path", quote(given)),
-        ));
-    }
-    match fs::metadata(given) {
-        Ok(meta) if meta.is_dir() => Err(bad(
-            key,
-            format!("{given}: is a directory, not a disk image"),
-        )),
-        Ok(_) => Ok(given.to_string()),
-        Err(e) => Err(bad(key, format!("{given}: {}", io_reason(&e)))),
-    }
-}
-
-fn is_nbd(source: &str) -> bool {
-    NBD_SCHEMES.iter().any(|scheme| source.starts_with(scheme))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Output paths
-
-fn output_root(origin: &Path, output_dir: Option<&Path>) -> PathBuf {
-    let dir = match output_dir {
-        Some(dir) => dir,
-        None => origin
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    };
-    absolute(dir)
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        normalize(path)
-    } else {
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-        normalize(&cwd.join(path))
-    }
-}
-
-/// Resolve `.` and `..` without touching the filesystem (`..` at `/` stays at `/`).
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Prefix(_) | Component::RootDir | Component::Normal(_) => out.push(component),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-        }
-    }
-    out
-}
-
-fn escapes(key: &str, given: &str, root: &Path) -> Bad {
-    bad(
-        key,
-        format!(
-            "{} escapes the output directory {}",
-            quote(given),
-            root.display()
-        ),
-    )
-}
-
-/// A directory inside `root` (or `root` itself).
-fn resolve_dir(key: &str, given: &str, root: &Path) -> Res<PathBuf> {
-    if given.is_empty() {
-        return Err(bad(key, "empty path"));
-    }
-    let dir = normalize(&root.join(given));
-    if dir.starts_with(root) {
-        Ok(dir)
-    } else {
-        Err(escapes(key, given, root))
-    }
-}
-
-/// An output file: relative to `base`, confined to `root`, given the format's extension if it has none.
-fn resolve_output(
-    key: &str,
-    given: &str,
-    base: &Path,
-    root: &Path,
-    (format, ext): (OutputFormat, &str),
-    w: &mut Vec<String>,
-) -> Res<PathBuf> {
-    if given.is_empty() {
-        return Err(bad(key, "empty path"));
-    }
-    // Joining an absolute path replaces `base`, so both kinds go through the same confinement check.
-    let path = normalize(&base.join(given));
-    if !path.starts_with(root) || path == root {
-        return Err(escapes(key, given, root));
-    }
-    if given.ends_with('/') {
-        return Err(bad(
-            key,
-            format!("{} names a directory, not a file", quote(given)),
-        ));
-    }
-    let existing = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .filter(|e| IMAGE_EXTENSIONS.contains(&e.as_str()));
-    match existing {
-        Some(existing) => {
-            let fits = match format {
-                OutputFormat::Qcow2 => existing == "qcow2",
-                OutputFormat::Raw => existing == "raw" || existing == "img",
-            };
-            if !fits {
-                w.push(format!(
-                    "{key}: extension .{existing} does not match the output format {}",
-                    format.as_str()
-                ));
-            }
-            Ok(path)
-        }
-        None => {
-            let mut name = path.into_os_string();
-            name.push(".");
-            name.push(ext);
-            Ok(PathBuf::from(name))
-        }
-    }
-}
-
-/// Lexically equal, or the same file once symlinks are resolved (as far as the paths exist).
-fn same_file(a: &Path, b: &Path) -> bool {
-    if normalize(a) == normalize(b) {
-        return true;
-    }
-    let real = |p: &Path| {
-        fs::canonicalize(p).ok().or_else(|| {
-            let parent = fs::canonicalize(p.parent()?).ok()?;
-            Some(parent.join(p.file_name()?))
-        })
-    };
-    matches!((real(a), real(b)), (Some(x), Some(y)) if x == y)
-}
-
-/// One disk's source and output, with the keys to blame when they clash.
-struct Placement<'a> {
-    source: &'a str,
-    source_key: String,
-    output: &'a Path,
-    /// The key that named the output, if the manifest named it.
-    output_key: Option<String>,
-    label: String,
-}
-
-/// Refuse an output that would overwrite a source, or another disk's output.
-fn check_placements(placements: &[Placement]) -> Res<()> {
-    for (i, this) in placements.iter().enumerate() {
-        for other in placements {
-            if !is_nbd(other.source) && same_file(this.output, Path::new(other.source)) {
-                let key = this.output_key.as_deref().unwrap_or(&other.source_key);
-                return Err(bad(
-                    key,
-                    format!(
-                        "output {} would overwrite the source {} ({}); choose another output path or directory",
-                        this.output.display(),
-                        other.source,
-                        other.label
-                    ),
-                ));
-            }
-        }
-        for other in &placements[..i] {
-            if same_file(this.output, other.output) {
-                let key = this
-                    .output_key
-                    .clone()
-                    .unwrap_or_else(|| this.label.clone());
-                return Err(bad(
-                    &key,
-                    format!(
-                        "output {} is also the output of {}",
-                        this.output.display(),
-                        other.label
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Names
-
-fn job_name(name: Option<&str>, origin: &Path) -> String {
-    let stem = || {
-        origin
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
-    let raw = name
-        .filter(|n| !n.trim().is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(stem);
-    crate::plan::sanitize_job_name(&raw)
-}
-
-/// A disk id (`^[a-zA-Z0-9_-]+$`) from the source file name; NBD sources get `disk-0`.
-fn disk_id_from_source(source: &str) -> String {
-    if is_nbd(source) {
-        return "disk-0".into();
-    }
-    let stem = Path::new(source)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let id: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if id.is_empty() {
-        "disk-0".into()
-    } else {
-        id
-    }
-}
-
-fn valid_disk_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// `sha256:<64 hex>`, hex lowercased.
-fn normalize_checksum(given: &str) -> Option<String> {
-    let hex = given.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()))
-        .then(|| format!("sha256:{}", hex.to_ascii_lowercase()))
-}
-
-/// `XX:XX:XX:XX:XX:XX` or `XX-XX-XX-XX-XX-XX`.
-fn valid_mac(mac: &str) -> bool {
-    let groups: Vec<&str> = mac.split([':', '-']).collect();
-    groups.len() == 6
-        && groups
-            .iter()
-            .all(|g| g.len() == 2 && g.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dialects
+pub use artifact::MAX_DISKS;
+use artifact::*;
+use paths::*;
+use seed::*;
+use value::*;
 
 fn build_plan(value: &Value, origin: &Path, root: PathBuf, w: &mut Vec<String>) -> Res<Plan> {
     let Some(map) = value.as_object() else {
@@ -904,524 +417,13 @@ fn build_plan(value: &Value, origin: &Path, root: PathBuf, w: &mut Vec<String>) 
     }
 }
 
-const SEED_TOP_KEYS: &[&str] = &["version", "manifest_version", "metadata", "pipeline"];
-const SEED_PIPELINE_KEYS: &[&str] = &["load", "inspect", "fix", "convert", "validate"];
-const SEED_FIX_KEYS: &[&str] = &[
-    "enabled",
-    "fstab",
-    "grub",
-    "initramfs",
-    "network",
-    "vmware_tools",
-    "trim",
-    "backup",
-];
-const SEED_CONVERT_KEYS: &[&str] = &[
-    "enabled",
-    "output_format",
-    "compress",
-    "compression_type",
-    "compress_level",
-    "output_path",
-];
-const SEED_SOURCE_TYPES: &[(&str, &str)] = &[
-    ("vmdk", "vmdk"),
-    ("ova", "ova"),
-    ("qcow2", "qcow2"),
-    ("raw", "raw"),
-    ("img", "img"),
-    ("vhd", "vhd"),
-    ("vpc", "vpc"),
-    ("vhdx", "vhdx"),
-    ("vdi", "vdi"),
-];
-
-/// `"version": "1.0"` with `pipeline.load/inspect/fix/convert/validate`.
-fn seed_plan(value: &Value, origin: &Path, root: PathBuf, w: &mut Vec<String>) -> Res<Plan> {
-    let top = Obj::open(String::new(), value, SEED_TOP_KEYS, w)?;
-    if top.has("vms") {
-        return Err(bad(
-            "vms",
-            "batch manifests are not supported: write one manifest per VM",
-        ));
-    }
-    let name = match top.free_object("metadata")? {
-        Some(meta) => meta.str("name")?,
-        None => None,
-    };
-    let pipeline = top.required_object("pipeline", SEED_PIPELINE_KEYS, w)?;
-
-    let load = pipeline.required_object("load", &["source_type", "source_path"], w)?;
-    let source_type = load.choice("source_type", SEED_SOURCE_TYPES)?;
-    let source_key = load.key("source_path");
-    let source = check_source(&source_key, load.required_str("source_path")?)?;
-
-    let inspect = match pipeline.object("inspect", &["enabled", "detect_os"], w)? {
-        Some(i) => {
-            // OS detection always runs when fixing; the key is accepted for compatibility.
-            i.bool("detect_os")?;
-            i.bool("enabled")?.unwrap_or(true)
-        }
-        None => true,
-    };
-
-    let fix = seed_fix(pipeline.object("fix", SEED_FIX_KEYS, w)?, w)?;
-
-    let mut convert = ConvertPlan::default();
-    let mut format = OUTPUT_FORMATS[0].1;
-    let mut output_path = None;
-    let convert_obj = pipeline.object("convert", SEED_CONVERT_KEYS, w)?;
-    if let Some(c) = &convert_obj {
-        convert.enabled = c.bool("enabled")?.unwrap_or(true);
-        if let Some(f) = output_format(c, "output_format")? {
-            format = f;
-        }
-        convert.format = format.0;
-        c.set_bool("compress", &mut convert.compress)?;
-        if let Some(t) = c.choice("compression_type", COMPRESSION_TYPES)? {
-            convert.compression_type = t;
-        }
-        convert.compress_level = compress_level(c, "compress_level")?;
-        output_path = c.str("output_path")?.map(|p| (c.key("output_path"), p));
-    }
-    settle_convert(&mut convert, "pipeline.convert", w);
-
-    let validate = validate_plan(pipeline.object("validate", VALIDATE_KEYS, w)?)?;
-
-    let id = disk_id_from_source(&source);
-    let (output, output_key) = match output_path {
-        Some((key, given)) => (
-            resolve_output(&key, given, &root, &root, format, w)?,
-            Some(key),
-        ),
-        None => (root.join(format!("{id}.{}", format.1)), None),
-    };
-    check_placements(&[Placement {
-        source: &source,
-        source_key,
-        output: &output,
-        output_key,
-        label: "pipeline.load.source_path".into(),
-    }])?;
-
-    Ok(Plan {
-        dialect: Dialect::SeedV1,
-        manifest_path: Some(origin.to_path_buf()),
-        job_name: job_name(name, origin),
-        disks: vec![DiskPlan {
-            id,
-            source,
-            format: source_type.map(str::to_string),
-            checksum: None,
-            disk_type: DiskType::Boot,
-            boot_order_hint: None,
-            bytes: None,
-            output,
-        }],
-        inspect,
-        fix,
-        convert,
-        validate,
-        vm: VmPlan {
-            name: name.map(str::to_string),
-            ..VmPlan::default()
-        },
-        output_dir: root,
-        trust_backing_files: false,
-        warnings: Vec::new(),
-    })
-}
-
-/// Absent sections keep [`FixPlan`]'s defaults; a present section with `enabled: false` turns its fix off.
-fn seed_fix(obj: Option<Obj>, w: &mut Vec<String>) -> Res<FixPlan> {
-    let mut fix = FixPlan::default();
-    let Some(f) = obj else {
-        return Ok(fix);
-    };
-    fix.enabled = f.bool("enabled")?.unwrap_or(true);
-    if let Some(fstab) = f.object("fstab", &["enabled", "mode"], w)? {
-        let mode = fstab.choice("mode", FSTAB_MODES)?.unwrap_or_default();
-        fix.fstab_mode = if fstab.bool("enabled")?.unwrap_or(true) {
-            mode
-        } else {
-            FstabMode::Noop
-        };
-    }
-    if let Some(grub) = f.object("grub", &["enabled", "regenerate"], w)? {
-        fix.update_grub = grub.bool("enabled")?.unwrap_or(true);
-        fix.regenerate_grub = grub.bool("regenerate")?.unwrap_or(false);
-    }
-    if let Some(initramfs) = f.object("initramfs", &["enabled", "regenerate", "force"], w)? {
-        let enabled = initramfs.bool("enabled")?.unwrap_or(true);
-        // `regenerate` means "make sure virtio drivers are in", not "always rebuild".
-        let regenerate = initramfs.bool("regenerate")?.unwrap_or(true);
-        let force = initramfs.bool("force")?.unwrap_or(false);
-        fix.initramfs = enabled && (regenerate || force);
-        fix.force_initramfs = enabled && force;
-    }
-    if let Some(network) = f.object("network", &["enabled"], w)? {
-        fix.network_cleanup = network.bool("enabled")?.unwrap_or(true);
-    }
-    if let Some(tools) = f.object("vmware_tools", &["remove"], w)? {
-        fix.remove_vmware_tools = tools.bool("remove")?.unwrap_or(false);
-    }
-    // `trim: true` or `trim: {enabled: true}`.
-    match f.get("trim") {
-        None => {}
-        Some(Value::Bool(b)) => fix.trim = *b,
-        Some(_) => {
-            if let Some(trim) = f.object("trim", &["enabled"], w)? {
-                fix.trim = trim.bool("enabled")?.unwrap_or(true);
-            }
-        }
-    }
-    f.set_bool("backup", &mut fix.backup)?;
-    Ok(fix)
-}
-
-const ARTIFACT_TOP_KEYS: &[&str] = &[
-    "manifest_version",
-    "source",
-    "vm",
-    "disks",
-    "nics",
-    "notes",
-    "warnings",
-    "metadata",
-    "pipeline",
-    "configuration",
-    "output",
-    "options",
-];
-const ARTIFACT_SOURCE_KEYS: &[&str] = &[
-    "provider",
-    "vm_id",
-    "vm_name",
-    "datacenter",
-    "export_timestamp",
-    "export_method",
-];
-const ARTIFACT_VM_KEYS: &[&str] = &[
-    "cpu",
-    "mem_gb",
-    "firmware",
-    "secureboot",
-    "os_hint",
-    "os_version",
-];
-const ARTIFACT_DISK_KEYS: &[&str] = &[
-    "id",
-    "source_format",
-    "bytes",
-    "local_path",
-    "checksum",
-    "boot_order_hint",
-    "label",
-    "disk_type",
-];
-const ARTIFACT_FIX_KEYS: &[&str] = &[
-    "enabled",
-    "backup",
-    "print_fstab",
-    "update_grub",
-    "regen_initramfs",
-    "fstab_mode",
-    "remove_vmware_tools",
-    // h2k-guest extensions, for parity with the seed format.
-    "force_initramfs",
-    "regenerate_grub",
-    "network_cleanup",
-    "trim",
-];
-const ARTIFACT_CONVERT_KEYS: &[&str] =
-    &["enabled", "compress", "compress_level", "compression_type"];
-const ARTIFACT_SOURCE_FORMATS: &[(&str, &str)] = &[
-    ("vmdk", "vmdk"),
-    ("qcow2", "qcow2"),
-    ("raw", "raw"),
-    ("vhd", "vhd"),
-    ("vhdx", "vhdx"),
-    ("vdi", "vdi"),
-];
-const DISK_TYPES: &[(&str, DiskType)] = &[
-    ("boot", DiskType::Boot),
-    ("data", DiskType::Data),
-    ("unknown", DiskType::Unknown),
-];
-const FIRMWARES: &[(&str, Option<Firmware>)] = &[
-    ("bios", Some(Firmware::Bios)),
-    ("uefi", Some(Firmware::Uefi)),
-    ("unknown", None),
-];
-
-/// HyperSDK Artifact Manifest v1.0 (`"manifest_version": "1.0"`, `disks[]`).
-fn artifact_plan(value: &Value, origin: &Path, root: PathBuf, w: &mut Vec<String>) -> Res<Plan> {
-    let top = Obj::open(String::new(), value, ARTIFACT_TOP_KEYS, w)?;
-    let mut vm = VmPlan::default();
-
-    if let Some(source) = top.object("source", ARTIFACT_SOURCE_KEYS, w)? {
-        for key in ARTIFACT_SOURCE_KEYS {
-            source.str(key)?;
-        }
-        vm.provider = source.str("provider")?.map(str::to_string);
-        vm.name = source.str("vm_name")?.map(str::to_string);
-    }
-    if let Some(hw) = top.object("vm", ARTIFACT_VM_KEYS, w)? {
-        // The exporter omits zero values; a 0 here means "unknown", not "none".
-        vm.cpu = hw.u32("cpu")?.filter(|&n| n > 0);
-        vm.mem_gb = hw.number("mem_gb")?.filter(|&n| n > 0.0);
-        vm.firmware = hw.choice("firmware", FIRMWARES)?.flatten();
-        hw.bool("secureboot")?;
-        vm.os_hint = hw.str("os_hint")?.map(str::to_string);
-        hw.str("os_version")?;
-    }
-    if let Some(nics) = top.array("nics")? {
-        for (i, item) in nics.iter().enumerate() {
-            let nic = Obj::open(format!("nics[{i}]"), item, &["id", "mac", "network"], w)?;
-            nic.str("id")?;
-            let mac = nic.str("mac")?;
-            if let Some(mac) = mac.filter(|m| !valid_mac(m)) {
-                return Err(bad(
-                    &nic.key("mac"),
-                    format!("{} is not a MAC address (XX:XX:XX:XX:XX:XX)", quote(mac)),
-                ));
-            }
-            vm.nics.push(NicPlan {
-                mac: mac.map(str::to_string),
-                network: nic.str("network")?.map(str::to_string),
-            });
-        }
-    }
-    informational(&top, w)?;
-
-    let disks = artifact_disks(&top, w)?;
-
-    let mut inspect = true;
-    let mut fix = FixPlan::default();
-    let mut convert = ConvertPlan::default();
-    let mut validate = ValidatePlan::default();
-    let pipeline_keys = &["inspect", "fix", "convert", "validate"];
-    if let Some(p) = top.object("pipeline", pipeline_keys, w)? {
-        if let Some(i) = p.object("inspect", &["enabled", "collect_guest_info"], w)? {
-            i.bool("collect_guest_info")?;
-            inspect = i.bool("enabled")?.unwrap_or(true);
-        }
-        if let Some(f) = p.object("fix", ARTIFACT_FIX_KEYS, w)? {
-            artifact_fix(&f, &mut fix)?;
-        }
-        if let Some(c) = p.object("convert", ARTIFACT_CONVERT_KEYS, w)? {
-            convert.enabled = c.bool("enabled")?.unwrap_or(true);
-            c.set_bool("compress", &mut convert.compress)?;
-            convert.compress_level = compress_level(&c, "compress_level")?;
-            if let Some(t) = c.choice("compression_type", COMPRESSION_TYPES)? {
-                convert.compression_type = t;
-            }
-        }
-        validate = validate_plan(p.object("validate", VALIDATE_KEYS, w)?)?;
-    }
-
-    let mut format = OUTPUT_FORMATS[0].1;
-    let mut base = root.clone();
-    let mut filename = None;
-    if let Some(out) = top.object("output", &["directory", "format", "filename"], w)? {
-        if let Some(f) = output_format(&out, "format")? {
-            format = f;
-        }
-        if let Some(dir) = out.str("directory")? {
-            base = resolve_dir(&out.key("directory"), dir, &root)?;
-        }
-        filename = out.str("filename")?.map(|f| (out.key("filename"), f));
-    }
-    convert.format = format.0;
-    settle_convert(&mut convert, "pipeline.convert", w);
-
-    // `output.filename` names the boot disk's output (the first after sorting); others get `<id>.<ext>`.
-    let mut planned = Vec::with_capacity(disks.len());
-    for (position, disk) in disks.into_iter().enumerate() {
-        let (output, output_key) = match (&filename, position) {
-            (Some((key, given)), 0) => (
-                resolve_output(key, given, &base, &root, format, w)?,
-                Some(key.clone()),
-            ),
-            _ => (base.join(format!("{}.{}", disk.id, format.1)), None),
-        };
-        planned.push((disk, output, output_key));
-    }
-    let placements: Vec<Placement> = planned
-        .iter()
-        .map(|(disk, output, output_key)| Placement {
-            source: &disk.source,
-            source_key: format!("disks[{}].local_path", disk.index),
-            output,
-            output_key: output_key.clone(),
-            label: format!("disks[{}]", disk.index),
-        })
-        .collect();
-    check_placements(&placements)?;
-
-    Ok(Plan {
-        dialect: Dialect::ArtifactV1,
-        manifest_path: Some(origin.to_path_buf()),
-        job_name: job_name(vm.name.as_deref(), origin),
-        disks: planned
-            .into_iter()
-            .map(|(disk, output, _)| DiskPlan {
-                id: disk.id,
-                source: disk.source,
-                format: Some(disk.format.to_string()),
-                checksum: disk.checksum,
-                disk_type: disk.disk_type,
-                boot_order_hint: disk.boot_order_hint,
-                bytes: Some(disk.bytes),
-                output,
-            })
-            .collect(),
-        inspect,
-        fix,
-        convert,
-        validate,
-        vm,
-        output_dir: root,
-        trust_backing_files: false,
-        warnings: Vec::new(),
-    })
-}
-
-/// Keys kept for the exporter's own records: type-checked, otherwise ignored, except where
-/// ignoring them would surprise (guest configuration injection, dry runs).
-fn informational(top: &Obj, w: &mut Vec<String>) -> Res<()> {
-    if let Some(notes) = top.array("notes")? {
-        for (i, note) in notes.iter().enumerate() {
-            if !note.is_string() {
-                return Err(expected(&format!("notes[{i}]"), "a string", note));
-            }
-        }
-    }
-    top.array("warnings")?;
-    top.free_object("metadata")?;
-    if let Some(config) = top.free_object("configuration")? {
-        if !config.map.is_empty() {
-            w.push(
-                "configuration: guest configuration injection is not supported (ignored)".into(),
-            );
-        }
-    }
-    if let Some(options) = top.free_object("options")? {
-        // Running "for real" when a dry run was asked for would be worse than refusing.
-        if options.bool("dry_run")? == Some(true) {
-            return Err(bad(
-                "options.dry_run",
-                "dry runs are not supported in manifests; remove the key or set it to false",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A disk as declared, with its position in the manifest for messages.
-struct ArtifactDisk {
-    index: usize,
-    id: String,
-    format: &'static str,
-    bytes: u64,
-    source: String,
-    checksum: Option<String>,
-    boot_order_hint: Option<u32>,
-    disk_type: DiskType,
-}
-
-/// `disks[]`, validated, sorted boot-first: boot_order_hint ascending (absent last), then
-/// disk_type boot, then manifest order.
-fn artifact_disks(top: &Obj, w: &mut Vec<String>) -> Res<Vec<ArtifactDisk>> {
-    let items = top.array("disks")?.ok_or_else(|| missing("disks"))?;
-    if items.is_empty() {
-        return Err(bad("disks", "must list at least one disk"));
-    }
-    let mut disks: Vec<ArtifactDisk> = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
-        let d = Obj::open(format!("disks[{index}]"), item, ARTIFACT_DISK_KEYS, w)?;
-        let id = d.required_str("id")?;
-        if !valid_disk_id(id) {
-            return Err(bad(
-                &d.key("id"),
-                format!("{} does not match ^[a-zA-Z0-9_-]+$", quote(id)),
-            ));
-        }
-        if let Some(first) = disks.iter().find(|other| other.id == id) {
-            return Err(bad(
-                &d.key("id"),
-                format!(
-                    "duplicate id {} (also disks[{}].id)",
-                    quote(id),
-                    first.index
-                ),
-            ));
-        }
-        let format = d
-            .choice("source_format", ARTIFACT_SOURCE_FORMATS)?
-            .ok_or_else(|| missing(&d.key("source_format")))?;
-        let bytes = d.uint("bytes")?.ok_or_else(|| missing(&d.key("bytes")))?;
-        let source = check_source(&d.key("local_path"), d.required_str("local_path")?)?;
-        let checksum = match d.str("checksum")? {
-            None => None,
-            Some(given) => Some(normalize_checksum(given).ok_or_else(|| {
-                bad(
-                    &d.key("checksum"),
-                    format!("{} is not sha256:<64 hex digits>", quote(given)),
-                )
-            })?),
-        };
-        let boot_order_hint = d.u32("boot_order_hint")?;
-        d.str("label")?;
-        let disk_type = d.choice("disk_type", DISK_TYPES)?.unwrap_or_default();
-        disks.push(ArtifactDisk {
-            index,
-            id: id.to_string(),
-            format,
-            bytes,
-            source,
-            checksum,
-            boot_order_hint,
-            disk_type,
-        });
-    }
-    // Stable: equal keys keep manifest order.
-    disks.sort_by_key(|d| {
-        (
-            d.boot_order_hint.is_none(),
-            d.boot_order_hint,
-            d.disk_type != DiskType::Boot,
-        )
-    });
-    Ok(disks)
-}
-
-/// A present `fix` section with `enabled` absent means "fix, with the defaults"; explicit
-/// `false` turns a fix off.
-fn artifact_fix(f: &Obj, fix: &mut FixPlan) -> Res<()> {
-    fix.enabled = f.bool("enabled")?.unwrap_or(true);
-    f.set_bool("backup", &mut fix.backup)?;
-    f.bool("print_fstab")?;
-    f.set_bool("update_grub", &mut fix.update_grub)?;
-    // Like the seed's `regenerate`: make sure virtio drivers are in, rebuild only if missing.
-    f.set_bool("regen_initramfs", &mut fix.initramfs)?;
-    if let Some(mode) = f.choice("fstab_mode", FSTAB_MODES)? {
-        fix.fstab_mode = mode;
-    }
-    f.set_bool("remove_vmware_tools", &mut fix.remove_vmware_tools)?;
-    if f.bool("force_initramfs")? == Some(true) {
-        fix.force_initramfs = true;
-        fix.initramfs = true;
-    }
-    f.set_bool("regenerate_grub", &mut fix.regenerate_grub)?;
-    f.set_bool("network_cleanup", &mut fix.network_cleanup)?;
-    f.set_bool("trim", &mut fix.trim)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::{
+        CompressionType, ConvertPlan, Dialect, DiskType, Firmware, FixPlan, FstabMode, NicPlan,
+        OutputFormat, ValidatePlan, VmPlan,
+    };
     use tempfile::TempDir;
 
     /// `seed/manifest-v1.0-example.json` from the design notes, verbatim.
@@ -2880,5 +1882,237 @@ options: {{dry_run: false, verbose: 1}}
         assert_eq!(json.convert, yaml.convert);
         assert_eq!(json.validate, yaml.validate);
         assert_eq!(json.vm, yaml.vm);
+    }
+
+    // ---- hostile inputs -----------------------------------------------------------------------
+
+    #[test]
+    fn trust_backing_files_is_read_in_both_dialects() {
+        let fx = Fixture::new();
+        assert!(!fx.parse("m.json", &fx.seed()).unwrap().trust_backing_files);
+        let seed = edit(
+            &fx.seed(),
+            r#""source_type": "vmdk","#,
+            r#""source_type": "vmdk", "trust_backing_files": true,"#,
+        );
+        assert!(fx.parse("m.json", &seed).unwrap().trust_backing_files);
+        let artifact = edit(
+            &fx.artifact(),
+            r#""pipeline": {"#,
+            r#""pipeline": {"load": {"trust_backing_files": true},"#,
+        );
+        let plan = fx.parse("m.json", &artifact).unwrap();
+        assert!(plan.trust_backing_files);
+        assert!(
+            plan.warnings.iter().all(|w| !w.contains("load")),
+            "{:?}",
+            plan.warnings
+        );
+        let wrong = edit(
+            &fx.artifact(),
+            r#""pipeline": {"#,
+            r#""pipeline": {"load": {"trust_backing_files": "yes"},"#,
+        );
+        assert_eq!(
+            err(fx.parse("m.json", &wrong)).key(),
+            Some("pipeline.load.trust_backing_files")
+        );
+    }
+
+    #[test]
+    fn duplicate_json_keys_are_refused_with_their_path() {
+        let fx = Fixture::new();
+        let text = edit(&fx.artifact(), r#""cpu": 4,"#, r#""cpu": 4, "cpu": 8,"#);
+        let e = err(fx.parse("m.json", &text));
+        assert_eq!(e.kind(), ManifestErrorKind::Syntax);
+        assert!(e.to_string().contains("duplicate key vm.cpu"), "{e}");
+        let text = edit(
+            &fx.artifact(),
+            r#""label": "OS","#,
+            r#""label": "OS", "label": "x","#,
+        );
+        assert!(err(fx.parse("m.json", &text))
+            .to_string()
+            .contains("duplicate key disks[1].label"));
+    }
+
+    fn many_disks(fx: &Fixture, count: usize) -> String {
+        let source = fx.disk("d.vmdk");
+        let disks: Vec<String> = (0..count)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"d{i}","source_format":"vmdk","bytes":1,"local_path":"{source}"}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"manifest_version":"1.0","disks":[{}],"output":{{"directory":"out"}}}}"#,
+            disks.join(",")
+        )
+    }
+
+    #[test]
+    fn disks_are_capped() {
+        let fx = Fixture::new();
+        let plan = fx.parse("m.json", &many_disks(&fx, MAX_DISKS)).unwrap();
+        assert_eq!(plan.disks.len(), MAX_DISKS);
+        let e = err(fx.parse("m.json", &many_disks(&fx, MAX_DISKS + 1)));
+        assert_eq!(e.key(), Some("disks"));
+        assert!(e.message().contains("65"), "{e}");
+    }
+
+    #[test]
+    fn control_characters_are_refused_where_they_name_things() {
+        let fx = Fixture::new();
+        let text = edit(&fx.artifact(), r#""label": "OS""#, r#""label": "O\u0000S""#);
+        assert_eq!(err(fx.parse("m.json", &text)).key(), Some("disks[1].label"));
+        let text = edit(
+            &fx.artifact(),
+            r#""directory": "out""#,
+            r#""directory": "o\nut""#,
+        );
+        assert_eq!(
+            err(fx.parse("m.json", &text)).key(),
+            Some("output.directory")
+        );
+    }
+
+    #[test]
+    fn outputs_through_symlinks_are_refused() {
+        let fx = Fixture::new();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), fx.path("out")).unwrap();
+        let e = err(fx.parse("m.json", &fx.artifact()));
+        assert!(e.message().contains("is a symlink"), "{e}");
+        assert!(fs::read_dir(elsewhere.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn special_files_are_refused_as_sources() {
+        assert!(check_source("k", "/dev/zero")
+            .unwrap_err()
+            .message
+            .contains("character device"));
+        assert!(check_source("k", "/proc/self/mem")
+            .unwrap_err()
+            .message
+            .contains("pseudo-file"));
+        assert!(check_source("k", "nbd+unix:///x?socket=/run/s.sock").is_ok());
+        assert!(check_source("k", "nbd://").is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                "[ -~\\x00-\\x1f]{0,12}".prop_map(Value::String),
+                prop::sample::select(vec!["1.0", "/dev/zero", "disks", "../x", "nbd://h/e"])
+                    .prop_map(|s| Value::String(s.into())),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                let keys = prop::sample::select(vec![
+                    "version",
+                    "manifest_version",
+                    "pipeline",
+                    "load",
+                    "source_path",
+                    "disks",
+                    "id",
+                    "local_path",
+                    "output",
+                    "filename",
+                    "directory",
+                    "convert",
+                    "output_path",
+                    "bytes",
+                    "source_format",
+                    "metadata",
+                    "name",
+                    "x",
+                ]);
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::btree_map(keys.prop_map(String::from), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn assert_one_line_naming(e: &ManifestError, file: &Path) {
+            let text = e.to_string();
+            assert!(!text.contains('\n') && !text.contains('\r'), "{text:?}");
+            assert!(text.starts_with(&file.display().to_string()), "{text:?}");
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(600))]
+
+            #[test]
+            fn arbitrary_values_never_panic(value in json_value(), yaml in any::<bool>()) {
+                let fx = Fixture::new();
+                let (name, text) = if yaml {
+                    ("m.yaml", serde_yaml_ng::to_string(&value).unwrap())
+                } else {
+                    ("m.json", value.to_string())
+                };
+                if let Err(e) = fx.parse(name, &text) {
+                    assert_one_line_naming(&e, &fx.path(name));
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200), yaml in any::<bool>()) {
+                let fx = Fixture::new();
+                let name = if yaml { "m.yaml" } else { "m.json" };
+                fs::write(fx.path(name), &bytes).unwrap();
+                if let Err(e) = load_manifest(&fx.path(name), None) {
+                    assert_one_line_naming(&e, &fx.path(name));
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(150))]
+
+            #[test]
+            fn valid_manifests_keep_outputs_inside(
+                ids in prop::collection::btree_set("[a-z0-9_-]{1,8}", 1..5),
+                dir in "[a-z]{1,6}(/[a-z]{1,6})?",
+                filename in proptest::option::of("[a-z]{1,6}(/[a-z]{1,6})?(\\.qcow2)?"),
+            ) {
+                let fx = Fixture::new();
+                let source = fx.disk("src.vmdk");
+                let disks: Vec<Value> = ids
+                    .iter()
+                    .map(|id| serde_json::json!({
+                        "id": id, "source_format": "vmdk", "bytes": 1, "local_path": source,
+                    }))
+                    .collect();
+                let mut output = serde_json::json!({"directory": dir});
+                if let Some(f) = &filename {
+                    output["filename"] = Value::String(f.clone());
+                }
+                let text = serde_json::json!({
+                    "manifest_version": "1.0", "disks": disks, "output": output,
+                })
+                .to_string();
+                match fx.parse("m.json", &text) {
+                    Ok(plan) => {
+                        prop_assert_eq!(plan.disks.len(), ids.len());
+                        for disk in &plan.disks {
+                            prop_assert!(disk.output.starts_with(&plan.output_dir));
+                            prop_assert!(disk.output != plan.output_dir);
+                        }
+                    }
+                    // A filename may name another disk's default output: that clash is the only refusal.
+                    Err(e) => prop_assert!(e.message().contains("is also the output of"), "{}", e),
+                }
+            }
+        }
     }
 }
