@@ -544,7 +544,7 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
     };
     match cmd {
         WorkflowCommand::Status { spool, json } => {
-            let st = workflow::status(&spool_of(&spool)?);
+            let st = workflow::status(&spool_of(&spool)?)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&st)?);
             } else {
@@ -552,7 +552,7 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
             }
         }
         WorkflowCommand::Queue { spool, json } => {
-            let q = workflow::queue(&spool_of(&spool)?);
+            let q = workflow::queue(&spool_of(&spool)?)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&q)?);
             } else {
@@ -567,8 +567,7 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
             json,
         } => {
             let filter = workflow::ListFilter { failed, processed };
-            let entries = workflow::list(&spool_of(&spool)?, filter, since.as_deref())
-                .map_err(anyhow::Error::msg)?;
+            let entries = workflow::list(&spool_of(&spool)?, filter, since.as_deref())?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
@@ -578,7 +577,7 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
         WorkflowCommand::Submit { files, spool } => {
             let sp = spool_of(&spool)?;
             for f in &files {
-                let dest = workflow::submit(&sp, f).map_err(anyhow::Error::msg)?;
+                let dest = workflow::submit(&sp, f)?;
                 outln!("submitted {} as {}", f.display(), dest.display());
             }
         }

@@ -13,7 +13,8 @@ use super::spool::{self, Claimed, LedgerEntry, Spool};
 use super::{DaemonConfig, OnStop};
 use crate::logging::JobCtx;
 use crate::pipeline::{self, PipelineError, RunOptions};
-use crate::report::{now_rfc3339, Report};
+use crate::report::Report;
+use crate::util::now_rfc3339;
 
 /// What the worker threads share with the main loop.
 pub struct Shared {
@@ -224,7 +225,8 @@ fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outc
                     Outcome::Processed
                 }
                 Err(e) => {
-                    log::error!("cannot file {name} as processed: {e}; it stays in processing/ for recovery");
+                    log::error!("cannot file {name} as processed: {e}; it stays in processing/ and is not run again");
+                    mark_unfileable(sp, &spec.claimed, &spec.ledger, &e);
                     Outcome::Stuck
                 }
             }
@@ -345,10 +347,21 @@ pub fn file_failure(
             Outcome::Failed
         }
         Err(e) => {
-            log::error!("cannot file {name} as failed: {e}; it stays in processing/ for recovery");
+            log::error!(
+                "cannot file {name} as failed: {e}; it stays in processing/ and is not run again"
+            );
+            mark_unfileable(sp, claimed, ledger, &e);
             Outcome::Stuck
         }
     }
+}
+
+/// Note in the ledger that this job is over but could not be filed, so recovery never
+/// re-runs it.
+fn mark_unfileable(sp: &Spool, claimed: &Claimed, ledger: &LedgerEntry, e: &std::io::Error) {
+    let mut marked = ledger.clone();
+    marked.filing_failed = Some(e.to_string());
+    spool::ledger_write(sp, &claimed.key, &marked);
 }
 
 fn dir_has_entries(d: &Path) -> bool {

@@ -51,7 +51,7 @@ use serde_json::json;
 use crate::accel::AccelChoice;
 use crate::appliance::ApplianceOptions;
 use crate::logging::JobCtx;
-use crate::report::now_rfc3339;
+use crate::util::now_rfc3339;
 use job::{JobSpec, Outcome, Shared};
 use spool::{Claim, EntryKind, LedgerEntry, Spool};
 use state::{DaemonState, JobState, Registration};
@@ -313,6 +313,8 @@ struct Daemon {
     ready: HashSet<OsString>,
     /// Non-manifest names already warned about.
     warned: HashSet<OsString>,
+    /// Inodes in `processing/` that could not be filed: tried once, then left alone.
+    unfileable: HashSet<(u64, u64)>,
     stopping: bool,
     signals: u32,
     seq: u64,
@@ -417,11 +419,12 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> anyhow::Result<()> {
         }),
         reg,
         started_at: now_rfc3339(),
-        started_unix: spool::unix_now(),
+        started_unix: crate::util::unix_now(),
         tx,
         running: BTreeMap::new(),
         ready: HashSet::new(),
         warned: HashSet::new(),
+        unfileable: HashSet::new(),
         stopping: false,
         signals: 0,
         seq: 0,
@@ -723,7 +726,7 @@ impl Daemon {
         let job_id = self.next_job_id(&job);
         let prev = spool::ledger_read(&sp, &claimed.key);
         let attempts = prev.as_ref().map(|p| p.attempts).unwrap_or(0) + 1;
-        let now = spool::unix_now();
+        let now = crate::util::unix_now();
         let latency_ms = if claimed.arrived_unix > 0.0 {
             ((now - claimed.arrived_unix) * 1000.0).max(0.0)
         } else {
@@ -771,6 +774,7 @@ impl Daemon {
             claimed_unix: now,
             output_dir: output_dir.as_ref().ok().cloned(),
             history: prev.map(|p| p.history).unwrap_or_default(),
+            filing_failed: None,
         };
         spool::ledger_write(&sp, &claimed.key, &ledger);
         let ctx = JobCtx::new(&job);
@@ -867,6 +871,12 @@ impl Daemon {
                     continue;
                 }
             };
+            if self
+                .unfileable
+                .contains(&(claimed.key.dev, claimed.key.ino))
+            {
+                continue; // could not be filed: tried and logged once; left to an operator
+            }
             let mut ledger = spool::ledger_read(&sp, &claimed.key).unwrap_or_else(|| LedgerEntry {
                 key: Some(claimed.key),
                 manifest: name.to_string_lossy().into_owned(),
@@ -892,7 +902,9 @@ impl Daemon {
                 ledger.pid,
                 ledger.attempts
             );
-            ledger.history.push(why.clone());
+            if ledger.filing_failed.is_none() {
+                ledger.history.push(why.clone());
+            }
             if let Some(d) = &ledger.output_dir {
                 for p in spool::clean_job_leftovers(d) {
                     log::info!(target: &target, "removed leftover {}", p.display());
@@ -902,13 +914,17 @@ impl Daemon {
                 original: original.clone(),
                 ..claimed
             };
-            if ledger.attempts >= self.cfg().max_attempts {
-                let error = format!(
-                    "abandoned after {} attempt{}: the daemon running it died each time (last: pid {} in the {stage} stage)",
-                    ledger.attempts,
-                    if ledger.attempts == 1 { "" } else { "s" },
-                    ledger.pid
-                );
+            let unfileable = ledger.filing_failed.clone();
+            if unfileable.is_some() || ledger.attempts >= self.cfg().max_attempts {
+                let error = match &unfileable {
+                    Some(e) => format!("the job ended but could not be filed ({e}); not run again"),
+                    None => format!(
+                        "abandoned after {} attempt{}: the daemon running it died each time (last: pid {} in the {stage} stage)",
+                        ledger.attempts,
+                        if ledger.attempts == 1 { "" } else { "s" },
+                        ledger.pid
+                    ),
+                };
                 log::error!(target: &target, "{}: {error}", ledger.manifest);
                 let info = job::FailureInfo {
                     stage: &stage,
@@ -923,7 +939,8 @@ impl Daemon {
                 } else {
                     ledger.job_id.clone()
                 };
-                if job::file_failure(
+                let inode = (claimed.key.dev, claimed.key.ino);
+                match job::file_failure(
                     &sp,
                     &claimed,
                     &job_id,
@@ -931,9 +948,11 @@ impl Daemon {
                     &ledger,
                     ledger.output_dir.as_deref(),
                     &info,
-                ) == Outcome::Failed
-                {
-                    self.failed += 1;
+                ) {
+                    Outcome::Failed => self.failed += 1,
+                    _ => {
+                        self.unfileable.insert(inode);
+                    }
                 }
             } else {
                 spool::ledger_write(&sp, &claimed.key, &ledger);

@@ -92,7 +92,50 @@ pub fn date_of(t: time::OffsetDateTime) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), d.month() as u8, d.day())
 }
 
-pub use crate::util::unix_now;
+/// Longest file name (bytes) the spool files under: leaves room for `-N` and the sidecar
+/// suffix (`.error.json`) within the 255-byte limit of common file systems.
+pub const MAX_FILED_NAME_BYTES: usize = 200;
+
+/// The name a manifest is moved and filed under. Names that are long, not UTF-8 or contain
+/// control characters get a sanitized, shortened stem plus a short hash of the original bytes
+/// (so distinct hostile names stay distinct); the original name lives in the ledger and reports.
+pub fn safe_file_name(name: &OsStr) -> OsString {
+    use std::os::unix::ffi::OsStrExt;
+    let fine = name
+        .to_str()
+        .is_some_and(|s| s.len() <= MAX_FILED_NAME_BYTES && !s.chars().any(char::is_control));
+    if fine {
+        return name.to_os_string();
+    }
+    let lossy = name.to_string_lossy();
+    let clean: String = lossy
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let (stem, ext) = match clean.rfind('.') {
+        Some(i) if i > 0 && clean.len() - i <= 8 => clean.split_at(i),
+        _ => (clean.as_str(), ""),
+    };
+    let mut cut = stem.len().min(MAX_FILED_NAME_BYTES - 32);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(name.as_bytes());
+        d.iter()
+            .take(5)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    OsString::from(format!("{}-{digest}{ext}", &stem[..cut]))
+}
 
 /// What the daemon does with a directory entry of `to_be_processed/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +272,7 @@ fn with_suffix(name: &OsStr, suffix: &str) -> OsString {
 /// Returns the final path; `NotFound` when `src` is gone (someone else moved it).
 pub fn move_unique(src: &Path, dir: &Path, name: &OsStr) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| annotate(e, dir, "cannot create"))?;
+    let name = &safe_file_name(name);
     for n in 0..10_000 {
         let target = dir.join(suffixed(name, n));
         match rename_noreplace(src, &target) {
@@ -258,6 +302,7 @@ pub fn file_with_sidecar(
     sidecar: &mut dyn FnMut(&OsStr) -> Vec<u8>,
 ) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| annotate(e, dir, "cannot create"))?;
+    let name = &safe_file_name(name);
     for n in 0..10_000 {
         let cand = suffixed(name, n);
         let target = dir.join(&cand);
@@ -293,7 +338,7 @@ pub fn file_with_sidecar(
 
 /// Create `path` with `bytes`, atomically and only if it does not exist yet.
 pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp_path = crate::report::synced_temp_beside(path, bytes)?.into_temp_path();
+    let tmp_path = crate::util::synced_temp_beside(path, bytes)?.into_temp_path();
     match rename_noreplace(&tmp_path, path) {
         Ok(()) => {
             // Already renamed: don't let TempPath delete the (now absent) temp name's new owner.
@@ -476,6 +521,10 @@ pub struct LedgerEntry {
     /// Why earlier attempts ended (e.g. "daemon pid 123 died in stage fix").
     #[serde(default)]
     pub history: Vec<String>,
+    /// Set when the job ran but could not be filed: recovery files it as failed and never
+    /// runs it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filing_failed: Option<String>,
 }
 
 fn ledger_path(spool: &Spool, key: &FileKey) -> PathBuf {
@@ -497,7 +546,7 @@ pub fn ledger_read(spool: &Spool, key: &FileKey) -> Option<LedgerEntry> {
 pub fn ledger_write(spool: &Spool, key: &FileKey, e: &LedgerEntry) {
     let path = ledger_path(spool, key);
     let bytes = serde_json::to_vec_pretty(e).unwrap_or_default();
-    if let Err(err) = crate::report::write_atomic(&path, &bytes) {
+    if let Err(err) = crate::util::write_atomic(&path, &bytes) {
         log::warn!("{}: cannot write the job ledger: {err}", path.display());
     }
 }
@@ -665,17 +714,51 @@ pub fn dated_dirs(dir: &Path) -> Vec<String> {
 /// `YYYY-MM-DD` (shape only).
 pub fn is_date(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 10
+    let shaped = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
         && b.iter()
             .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    // A real calendar day: 2026-13-45 and 2026-02-30 are not.
+    let num = |r: std::ops::Range<usize>| s[r].parse::<u16>().unwrap_or(0);
+    shaped
+        && time::Month::try_from(num(5..7) as u8)
+            .and_then(|m| time::Date::from_calendar_date(num(0..4).into(), m, num(8..10) as u8))
+            .is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_names_get_short_safe_unique_file_names() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(safe_file_name(OsStr::new("vm.json")), "vm.json");
+        let long = format!("{}.json", "a".repeat(245));
+        let safe = safe_file_name(OsStr::new(&long));
+        let s = safe.to_str().unwrap();
+        assert!(
+            s.len() <= MAX_FILED_NAME_BYTES && s.ends_with(".json"),
+            "{s}"
+        );
+        let other = format!("{}b.json", "a".repeat(244));
+        assert_ne!(safe, safe_file_name(OsStr::new(&other)));
+        let nl = safe_file_name(OsStr::new("x\nINFO forged.json"));
+        assert!(nl.to_str().unwrap().starts_with("x_INFO forged-"), "{nl:?}");
+        let raw = safe_file_name(OsStr::from_bytes(b"caf\xe9.yaml"));
+        assert!(raw.to_str().unwrap().ends_with(".yaml"), "{raw:?}");
+        assert!((with_suffix(&safe, ERROR_SUFFIX).len() + 6) < 255);
+    }
+
+    #[test]
+    fn dates_must_exist() {
+        assert!(is_date("2026-02-28"));
+        assert!(!is_date("2026-13-45"));
+        assert!(!is_date("2026-02-30"));
+        assert!(!is_date("yesterday"));
+    }
 
     #[test]
     fn names_the_daemon_takes() {
