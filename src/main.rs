@@ -454,8 +454,8 @@ struct DaemonArgs {
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
     /// On SIGTERM/SIGINT: abort running jobs (re-queued) or let them finish [default: abort].
-    #[arg(long, value_parser = ["abort", "finish"])]
-    on_stop: Option<String>,
+    #[arg(long, value_enum)]
+    on_stop: Option<h2k_guest::daemon::OnStop>,
     /// Tries of one manifest (daemon crashes included) before it is filed as failed [default: 3].
     #[arg(long, value_name = "N")]
     max_attempts: Option<u32>,
@@ -522,24 +522,19 @@ fn daemon_cmd(args: &DaemonArgs, global: &GlobalArgs) -> Result<()> {
         jobs: args.jobs,
         log_file: args.log_file.clone(),
         verbose: global.verbose,
-        on_stop: args
-            .on_stop
-            .as_deref()
-            .map(|s| s.parse().map_err(anyhow::Error::msg))
-            .transpose()?,
+        on_stop: args.on_stop,
         max_attempts: args.max_attempts,
         accel: global.accel,
     };
-    let (cfg, warnings) = daemon::resolve(&overrides).map_err(anyhow::Error::msg)?;
-    daemon::run(cfg, warnings)
+    let (cfg, warnings) = daemon::resolve(&overrides)?;
+    Ok(daemon::run(cfg, warnings)?)
 }
 
 fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
     use h2k_guest::daemon::spool::Spool;
     use h2k_guest::workflow;
     let spool_of = |a: &SpoolArgs| -> Result<Spool> {
-        let dir = h2k_guest::daemon::spool_dir(a.dir.as_deref(), a.config.as_deref())
-            .map_err(anyhow::Error::msg)?;
+        let dir = h2k_guest::daemon::spool_dir(a.dir.as_deref(), a.config.as_deref())?;
         Ok(Spool::new(&dir))
     };
     match cmd {
