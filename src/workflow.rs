@@ -8,8 +8,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::Value;
 
+use crate::daemon::records::FiledReport;
 use crate::daemon::spool::{self, Spool};
 use crate::daemon::state::{self, DaemonState};
 
@@ -285,16 +285,6 @@ pub struct ListFilter {
     pub failed: bool,
 }
 
-fn read_json(p: &Path) -> Option<Value> {
-    std::fs::read(p)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-}
-
-fn str_of(v: &Value, k: &str) -> Option<String> {
-    v.get(k).and_then(Value::as_str).map(String::from)
-}
-
 /// `workflow list`: filed jobs (oldest first), then what is processing and queued.
 pub fn list(
     sp: &Spool,
@@ -323,21 +313,22 @@ pub fn list(
             }
             let day = dir.join(&date);
             for name in spool::filed_manifests(&day) {
-                let side = read_json(&day.join(format!("{name}{suffix}"))).unwrap_or(Value::Null);
-                let duration = side
-                    .get("duration_seconds")
-                    .or_else(|| side.get("total_seconds"))
-                    .and_then(Value::as_f64);
+                let side = FiledReport::read(&day.join(format!("{name}{suffix}")));
+                let side_ref = side.as_ref();
                 out.push(ListEntry {
                     status: status.into(),
                     date: Some(date.clone()),
-                    manifest: str_of(&side, "manifest").unwrap_or_else(|| name.clone()),
-                    job_id: str_of(&side, "job_id"),
-                    duration_seconds: duration,
-                    stage: str_of(&side, "stage"),
-                    error: str_of(&side, "error")
-                        .or_else(|| side.is_null().then(|| format!("no {suffix} beside it"))),
-                    output_dir: str_of(&side, "output_dir"),
+                    manifest: side_ref
+                        .and_then(|s| s.manifest.clone())
+                        .unwrap_or_else(|| name.clone()),
+                    job_id: side_ref.and_then(|s| s.job_id.clone()),
+                    duration_seconds: side_ref.and_then(FiledReport::duration),
+                    stage: side_ref.and_then(|s| s.stage.clone()),
+                    error: match side_ref {
+                        Some(s) => s.error.clone(),
+                        None => Some(format!("no {suffix} beside it")),
+                    },
+                    output_dir: side_ref.and_then(|s| s.output_dir.clone()),
                     path: day.join(&name),
                     name,
                 });

@@ -6,13 +6,13 @@ use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 
 use super::job::{self, JobSpec, Outcome};
+use super::records::{ErrorReport, JobStatus, Stage};
 use super::spool::{self, Claim, EntryKind, LedgerEntry};
 use super::state::JobState;
 use super::watch::Event;
 use super::{job_name, Daemon, Running};
 use crate::logging::JobCtx;
 use crate::util::now_rfc3339;
-use serde_json::json;
 
 impl Daemon {
     /// Look at `to_be_processed/`: file junk, claim what is complete while slots are free.
@@ -97,21 +97,19 @@ impl Daemon {
             name,
             spool::ERROR_SUFFIX,
             &mut |filed: &OsStr| {
-                let v = json!({
-                    "job_id": job_id,
-                    "job": job_name(name),
-                    "manifest": shown,
-                    "filed_as": dir.join(filed),
-                    "status": "failed",
-                    "failed_at": now_rfc3339(),
-                    "stage": "claim",
-                    "error": error,
-                    "attempts": 0,
-                    "duration_seconds": 0.0,
-                    "daemon_pid": std::process::id(),
-                    "log_tail": Vec::<String>::new(),
-                });
-                serde_json::to_vec_pretty(&v).unwrap_or_default()
+                ErrorReport {
+                    job_id: Some(job_id.clone()),
+                    job: Some(job_name(name)),
+                    manifest: shown.clone(),
+                    filed_as: Some(dir.join(filed)),
+                    status: JobStatus::Failed,
+                    failed_at: now_rfc3339(),
+                    stage: Stage::Claim,
+                    error: error.clone(),
+                    daemon_pid: Some(std::process::id()),
+                    ..ErrorReport::default()
+                }
+                .to_json()
             },
         );
         match result {

@@ -36,6 +36,7 @@ mod claim;
 mod config;
 pub mod job;
 mod ledger;
+pub mod records;
 mod recover;
 pub mod spool;
 pub mod state;

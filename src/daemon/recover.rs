@@ -1,13 +1,13 @@
 //! Recovery: entries of `processing/` whose daemon died go back to the queue, or to `failed/`
 //! once tried `max_attempts` times (or when their job ended and could not be filed).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 
 use super::job::{self, Outcome};
+use super::records::{ErrorReport, JobStatus, Stage};
 use super::spool::{self, LedgerEntry};
 use super::{job_name, state, Daemon};
 use crate::util::now_rfc3339;
-use serde_json::json;
 
 impl Daemon {
     /// Entries of `processing/` nobody owns any more: re-queue, or fail after max_attempts.
@@ -27,12 +27,18 @@ impl Daemon {
                     &dir,
                     &name,
                     spool::ERROR_SUFFIX,
-                    &mut |_| {
-                        serde_json::to_vec_pretty(&json!({
-                        "manifest": shown, "status": "failed", "failed_at": now_rfc3339(), "stage": "recover",
-                        "error": format!("{shown}: found in processing/ and not a regular file"), "log_tail": Vec::<String>::new(),
-                    }))
-                    .unwrap_or_default()
+                    &mut |filed: &OsStr| {
+                        ErrorReport {
+                            manifest: shown.clone(),
+                            filed_as: Some(dir.join(filed)),
+                            status: JobStatus::Failed,
+                            failed_at: now_rfc3339(),
+                            stage: Stage::Recover,
+                            error: format!("{shown}: found in processing/ and not a regular file"),
+                            daemon_pid: Some(std::process::id()),
+                            ..ErrorReport::default()
+                        }
+                        .to_json()
                     },
                 );
                 if let Ok(p) = r {
