@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::daemon::records::FiledReport;
 use crate::daemon::spool::{self, Spool};
 use crate::daemon::state::{self, DaemonState};
+use crate::logging::escape_controls;
 
 /// Largest manifest `workflow submit` copies (manifests are a few KiB; this refuses the wrong file).
 pub const MAX_SUBMIT_BYTES: u64 = 4 << 20;
@@ -243,7 +244,7 @@ pub fn render_status(st: &Status) -> String {
                 human_duration(j.stage_elapsed_seconds),
                 human_duration(j.elapsed_seconds),
                 j.attempt,
-                j.manifest
+                escape_controls(&j.manifest)
             );
         }
     }
@@ -438,6 +439,7 @@ pub fn render_list(entries: &[ListEntry]) -> String {
         } else {
             detail
         };
+        // Names and errors come from whoever wrote into the spool: one row stays one line.
         o += &format!(
             "{:<10}  {:<10}  {:>9}  {:<wname$}  {}\n",
             e.date.as_deref().unwrap_or("-"),
@@ -445,8 +447,8 @@ pub fn render_list(entries: &[ListEntry]) -> String {
             e.duration_seconds
                 .map(human_duration)
                 .unwrap_or_else(|| "-".into()),
-            e.name,
-            detail.trim_end()
+            escape_controls(&e.name),
+            escape_controls(detail.trim_end())
         );
     }
     o

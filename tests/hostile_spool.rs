@@ -338,4 +338,13 @@ fn the_daemon_files_hostile_entries_under_safe_names_once_without_forged_log_lin
         assert!(!line.starts_with("2026-01-01T00:00:00Z"), "{line:?}");
     }
     assert!(text.contains("evil\\n2026-01-01"), "{text}");
+    // `workflow list` prints one row per filed job, whatever the names contain.
+    let listed = Command::new(BIN)
+        .args(["workflow", "list", "--failed", "--dir"])
+        .arg(&spool)
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let rows = String::from_utf8_lossy(&listed.stdout).lines().count();
+    assert_eq!(rows, 1 + 6, "{}", String::from_utf8_lossy(&listed.stdout));
 }

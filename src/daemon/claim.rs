@@ -170,8 +170,7 @@ impl Daemon {
                 (Ok(d), true)
             }
             None => (
-                spool::make_job_dir(&self.cfg().output_dir, &spool::today(), &job)
-                    .map_err(|e| e.to_string()),
+                spool::make_job_dir(&self.cfg().output_dir, &spool::today(), &job),
                 false,
             ),
         };

@@ -42,7 +42,7 @@ pub struct JobSpec {
     pub claimed: Claimed,
     pub ledger: LedgerEntry,
     /// `O/DATE/JOB`, or why it could not be made.
-    pub output_dir: Result<PathBuf, String>,
+    pub output_dir: std::io::Result<PathBuf>,
     /// A retry reusing the directory of an earlier attempt (outputs may be replaced).
     pub reused_dir: bool,
     pub ctx: Arc<JobCtx>,
@@ -104,7 +104,7 @@ fn execute(shared: &Shared, spec: &JobSpec) -> Verdict {
     spec.ctx.set_stage("manifest");
     let out_dir = match &spec.output_dir {
         Ok(d) => d.clone(),
-        Err(e) => return fail("output", e.clone()),
+        Err(e) => return fail("output", e.to_string()),
     };
     let size = spec.claimed.key.size;
     if size > cfg.max_manifest_bytes {
