@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::daemon::records::FiledReport;
+use crate::daemon::records::{self, FiledReport};
 use crate::daemon::spool::{self, Spool};
 use crate::daemon::state::{self, DaemonState};
 use crate::logging::escape_controls;
@@ -265,7 +265,7 @@ pub fn render_status(st: &Status) -> String {
 #[derive(Debug, Clone, Serialize)]
 pub struct ListEntry {
     /// `processed`, `failed`, `processing`, `queued`.
-    pub status: String,
+    pub status: records::JobStatus,
     /// The dated directory (filed jobs only).
     pub date: Option<String>,
     /// The file name where it is now.
@@ -302,10 +302,14 @@ pub fn list(
     let mut out = Vec::new();
     let mut kinds = Vec::new();
     if all || filter.processed {
-        kinds.push(("processed", sp.processed(), spool::REPORT_SUFFIX));
+        kinds.push((
+            records::JobStatus::Processed,
+            sp.processed(),
+            spool::REPORT_SUFFIX,
+        ));
     }
     if all || filter.failed {
-        kinds.push(("failed", sp.failed(), spool::ERROR_SUFFIX));
+        kinds.push((records::JobStatus::Failed, sp.failed(), spool::ERROR_SUFFIX));
     }
     for (status, dir, suffix) in kinds {
         for date in spool::dated_dirs(&dir) {
@@ -317,7 +321,7 @@ pub fn list(
                 let side = FiledReport::read(&day.join(format!("{name}{suffix}")));
                 let side_ref = side.as_ref();
                 out.push(ListEntry {
-                    status: status.into(),
+                    status,
                     date: Some(date.clone()),
                     manifest: side_ref
                         .and_then(|s| s.manifest.clone())
@@ -358,7 +362,7 @@ pub fn list(
                     .map(|j| j.stage.clone())
             });
             out.push(ListEntry {
-                status: "processing".into(),
+                status: records::JobStatus::Processing,
                 date: None,
                 manifest: ledger
                     .as_ref()
@@ -379,7 +383,7 @@ pub fn list(
             let path = sp.to_be_processed().join(&name);
             let name = name.to_string_lossy().into_owned();
             out.push(ListEntry {
-                status: "queued".into(),
+                status: records::JobStatus::Queued,
                 date: None,
                 manifest: name.clone(),
                 job_id: None,
@@ -424,17 +428,21 @@ pub fn render_list(entries: &[ListEntry]) -> String {
         "DATE", "STATUS", "DURATION", "MANIFEST"
     );
     for e in entries {
-        let detail = match e.status.as_str() {
-            "failed" => format!(
+        let detail = match e.status {
+            records::JobStatus::Failed => format!(
                 "{}: {}",
                 e.stage.as_deref().unwrap_or("?"),
                 one_line(e.error.as_deref().unwrap_or(""), 120)
             ),
-            "processed" => format!("outputs: {}", e.output_dir.as_deref().unwrap_or("-")),
-            "processing" => format!("stage {}", e.stage.as_deref().unwrap_or("?")),
-            _ => String::new(),
+            records::JobStatus::Processed => {
+                format!("outputs: {}", e.output_dir.as_deref().unwrap_or("-"))
+            }
+            records::JobStatus::Processing => {
+                format!("stage {}", e.stage.as_deref().unwrap_or("?"))
+            }
+            records::JobStatus::Queued => String::new(),
         };
-        let detail = if e.manifest != e.name && e.status != "queued" {
+        let detail = if e.manifest != e.name && e.status != records::JobStatus::Queued {
             format!("{detail} (submitted as {})", e.manifest)
         } else {
             detail
@@ -443,7 +451,7 @@ pub fn render_list(entries: &[ListEntry]) -> String {
         o += &format!(
             "{:<10}  {:<10}  {:>9}  {:<wname$}  {}\n",
             e.date.as_deref().unwrap_or("-"),
-            e.status,
+            e.status.as_str(),
             e.duration_seconds
                 .map(human_duration)
                 .unwrap_or_else(|| "-".into()),

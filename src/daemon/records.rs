@@ -10,13 +10,26 @@ use serde_json::Value;
 
 use crate::report::Report;
 
-/// Where a job is when it is filed (only failures are filed with an error report).
+/// Where a job is: filed (`processed/`, `failed/`), or still in the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     #[default]
     Failed,
     Processed,
+    Processing,
+    Queued,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Failed => "failed",
+            JobStatus::Processed => "processed",
+            JobStatus::Processing => "processing",
+            JobStatus::Queued => "queued",
+        }
+    }
 }
 
 /// The stage a job failed in: the daemon's own steps, or a pipeline stage by its name.
