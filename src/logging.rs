@@ -113,6 +113,25 @@ fn stage_start(target: &str, msg: &str) -> Option<String> {
     (!rest.is_empty() && !rest.contains(' ')).then(|| rest.to_string())
 }
 
+/// Control characters as visible escapes (`\n`, `\r`, `\t`, `\u{1b}`), so that untrusted text
+/// logged in a field can never split or rewrite a log line.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
         metadata.level() <= self.print.max(LevelFilter::Info)
@@ -143,7 +162,13 @@ impl Log for Logger {
             (None, Some(s)) => format!("[{s}] "),
             (None, None) => String::new(),
         };
-        let line = format!("{ts} {level} {scope}{msg}\n");
+        // One record is one line: a newline in a manifest name or an error from untrusted
+        // input must not forge a line of its own.
+        let line = format!(
+            "{ts} {level} {}{}\n",
+            escape_controls(&scope),
+            escape_controls(&msg)
+        );
         if let Some(c) = &ctx {
             c.push(&line);
         }
@@ -225,6 +250,15 @@ mod tests {
             None
         );
         assert_eq!(stage_start("other", "stage fix: start"), None);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain é"), "plain é");
+        assert_eq!(
+            escape_controls("a\nFAKE ERROR\r\t\u{1b}[31m"),
+            "a\\nFAKE ERROR\\r\\t\\u{1b}[31m"
+        );
     }
 
     #[test]

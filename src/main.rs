@@ -454,8 +454,8 @@ struct DaemonArgs {
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
     /// On SIGTERM/SIGINT: abort running jobs (re-queued) or let them finish [default: abort].
-    #[arg(long, value_parser = ["abort", "finish"])]
-    on_stop: Option<String>,
+    #[arg(long, value_enum)]
+    on_stop: Option<h2k_guest::daemon::OnStop>,
     /// Tries of one manifest (daemon crashes included) before it is filed as failed [default: 3].
     #[arg(long, value_name = "N")]
     max_attempts: Option<u32>,
@@ -522,29 +522,24 @@ fn daemon_cmd(args: &DaemonArgs, global: &GlobalArgs) -> Result<()> {
         jobs: args.jobs,
         log_file: args.log_file.clone(),
         verbose: global.verbose,
-        on_stop: args
-            .on_stop
-            .as_deref()
-            .map(|s| s.parse().map_err(anyhow::Error::msg))
-            .transpose()?,
+        on_stop: args.on_stop,
         max_attempts: args.max_attempts,
         accel: global.accel,
     };
-    let (cfg, warnings) = daemon::resolve(&overrides).map_err(anyhow::Error::msg)?;
-    daemon::run(cfg, warnings)
+    let (cfg, warnings) = daemon::resolve(&overrides)?;
+    Ok(daemon::run(cfg, warnings)?)
 }
 
 fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
     use h2k_guest::daemon::spool::Spool;
     use h2k_guest::workflow;
     let spool_of = |a: &SpoolArgs| -> Result<Spool> {
-        let dir = h2k_guest::daemon::spool_dir(a.dir.as_deref(), a.config.as_deref())
-            .map_err(anyhow::Error::msg)?;
+        let dir = h2k_guest::daemon::spool_dir(a.dir.as_deref(), a.config.as_deref())?;
         Ok(Spool::new(&dir))
     };
     match cmd {
         WorkflowCommand::Status { spool, json } => {
-            let st = workflow::status(&spool_of(&spool)?);
+            let st = workflow::status(&spool_of(&spool)?)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&st)?);
             } else {
@@ -552,7 +547,7 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
             }
         }
         WorkflowCommand::Queue { spool, json } => {
-            let q = workflow::queue(&spool_of(&spool)?);
+            let q = workflow::queue(&spool_of(&spool)?)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&q)?);
             } else {
@@ -567,8 +562,7 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
             json,
         } => {
             let filter = workflow::ListFilter { failed, processed };
-            let entries = workflow::list(&spool_of(&spool)?, filter, since.as_deref())
-                .map_err(anyhow::Error::msg)?;
+            let entries = workflow::list(&spool_of(&spool)?, filter, since.as_deref())?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
@@ -578,7 +572,7 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
         WorkflowCommand::Submit { files, spool } => {
             let sp = spool_of(&spool)?;
             for f in &files {
-                let dest = workflow::submit(&sp, f).map_err(anyhow::Error::msg)?;
+                let dest = workflow::submit(&sp, f)?;
                 outln!("submitted {} as {}", f.display(), dest.display());
             }
         }

@@ -3,14 +3,56 @@
 //! needs the daemon to be running; everything is read from the directory and the daemon's
 //! state file.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::Value;
 
+use crate::daemon::records::{self, FiledReport};
 use crate::daemon::spool::{self, Spool};
 use crate::daemon::state::{self, DaemonState};
+use crate::logging::escape_controls;
+
+/// Largest manifest `workflow submit` copies (manifests are a few KiB; this refuses the wrong file).
+pub const MAX_SUBMIT_BYTES: u64 = 4 << 20;
+
+/// Why a `workflow` command failed; each message is one line naming the file, flag or directory.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("{}: no such spool directory (start `h2k-guest daemon --dir {}` once, or create it)", .0.display(), .0.display())]
+    NoSpool(PathBuf),
+    #[error("--since {0:?}: expected a date as YYYY-MM-DD")]
+    BadSince(String),
+    #[error("{}: not a file name", .0.display())]
+    NotAFileName(PathBuf),
+    #[error("{}: the daemon only takes .json, .yaml and .yml files whose names do not start with a dot", .0.display())]
+    NotAManifestName(PathBuf),
+    #[error("{}: {what}: submit a regular file", path.display())]
+    NotRegular { path: PathBuf, what: &'static str },
+    #[error("{}: larger than {MAX_SUBMIT_BYTES} bytes: not a manifest", .0.display())]
+    TooBig(PathBuf),
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> WorkflowError {
+    let path = path.to_path_buf();
+    move |source| WorkflowError::Io { path, what, source }
+}
+
+/// The commands read an existing spool; a mistyped `--dir` is an error, not an empty queue.
+fn existing(sp: &Spool) -> Result<(), WorkflowError> {
+    if sp.root.is_dir() {
+        Ok(())
+    } else {
+        Err(WorkflowError::NoSpool(sp.root.clone()))
+    }
+}
 
 /// `workflow queue`: how many manifests are where.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -24,7 +66,12 @@ pub struct QueueCounts {
     pub failed_today: usize,
 }
 
-pub fn queue(sp: &Spool) -> QueueCounts {
+pub fn queue(sp: &Spool) -> Result<QueueCounts, WorkflowError> {
+    existing(sp)?;
+    Ok(counts(sp))
+}
+
+fn counts(sp: &Spool) -> QueueCounts {
     let date = spool::today();
     QueueCounts {
         dir: sp.root.clone(),
@@ -124,8 +171,9 @@ fn daemon_status(s: DaemonState, now: f64) -> DaemonStatus {
     }
 }
 
-pub fn status(sp: &Spool) -> Status {
-    let now = spool::unix_now();
+pub fn status(sp: &Spool) -> Result<Status, WorkflowError> {
+    existing(sp)?;
+    let now = crate::util::unix_now();
     let mut daemons = Vec::new();
     let mut stale = Vec::new();
     for (s, alive) in state::read_all(sp) {
@@ -135,13 +183,13 @@ pub fn status(sp: &Spool) -> Status {
             stale.push(s.pid);
         }
     }
-    Status {
+    Ok(Status {
         dir: sp.root.clone(),
         running: !daemons.is_empty(),
         daemons,
         stale,
-        queue: queue(sp),
-    }
+        queue: counts(sp),
+    })
 }
 
 /// "1h 02m", "3m 05s", "12.3s"
@@ -196,7 +244,7 @@ pub fn render_status(st: &Status) -> String {
                 human_duration(j.stage_elapsed_seconds),
                 human_duration(j.elapsed_seconds),
                 j.attempt,
-                j.manifest
+                escape_controls(&j.manifest)
             );
         }
     }
@@ -217,7 +265,7 @@ pub fn render_status(st: &Status) -> String {
 #[derive(Debug, Clone, Serialize)]
 pub struct ListEntry {
     /// `processed`, `failed`, `processing`, `queued`.
-    pub status: String,
+    pub status: records::JobStatus,
     /// The dated directory (filed jobs only).
     pub date: Option<String>,
     /// The file name where it is now.
@@ -238,31 +286,30 @@ pub struct ListFilter {
     pub failed: bool,
 }
 
-fn read_json(p: &Path) -> Option<Value> {
-    std::fs::read(p)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-}
-
-fn str_of(v: &Value, k: &str) -> Option<String> {
-    v.get(k).and_then(Value::as_str).map(String::from)
-}
-
 /// `workflow list`: filed jobs (oldest first), then what is processing and queued.
-pub fn list(sp: &Spool, filter: ListFilter, since: Option<&str>) -> Result<Vec<ListEntry>, String> {
+pub fn list(
+    sp: &Spool,
+    filter: ListFilter,
+    since: Option<&str>,
+) -> Result<Vec<ListEntry>, WorkflowError> {
     if let Some(s) = since {
         if !spool::is_date(s) {
-            return Err(format!("--since {s:?}: expected a date as YYYY-MM-DD"));
+            return Err(WorkflowError::BadSince(s.to_string()));
         }
     }
+    existing(sp)?;
     let all = !filter.processed && !filter.failed;
     let mut out = Vec::new();
     let mut kinds = Vec::new();
     if all || filter.processed {
-        kinds.push(("processed", sp.processed(), spool::REPORT_SUFFIX));
+        kinds.push((
+            records::JobStatus::Processed,
+            sp.processed(),
+            spool::REPORT_SUFFIX,
+        ));
     }
     if all || filter.failed {
-        kinds.push(("failed", sp.failed(), spool::ERROR_SUFFIX));
+        kinds.push((records::JobStatus::Failed, sp.failed(), spool::ERROR_SUFFIX));
     }
     for (status, dir, suffix) in kinds {
         for date in spool::dated_dirs(&dir) {
@@ -271,21 +318,22 @@ pub fn list(sp: &Spool, filter: ListFilter, since: Option<&str>) -> Result<Vec<L
             }
             let day = dir.join(&date);
             for name in spool::filed_manifests(&day) {
-                let side = read_json(&day.join(format!("{name}{suffix}"))).unwrap_or(Value::Null);
-                let duration = side
-                    .get("duration_seconds")
-                    .or_else(|| side.get("total_seconds"))
-                    .and_then(Value::as_f64);
+                let side = FiledReport::read(&day.join(format!("{name}{suffix}")));
+                let side_ref = side.as_ref();
                 out.push(ListEntry {
-                    status: status.into(),
+                    status,
                     date: Some(date.clone()),
-                    manifest: str_of(&side, "manifest").unwrap_or_else(|| name.clone()),
-                    job_id: str_of(&side, "job_id"),
-                    duration_seconds: duration,
-                    stage: str_of(&side, "stage"),
-                    error: str_of(&side, "error")
-                        .or_else(|| side.is_null().then(|| format!("no {suffix} beside it"))),
-                    output_dir: str_of(&side, "output_dir"),
+                    manifest: side_ref
+                        .and_then(|s| s.manifest.clone())
+                        .unwrap_or_else(|| name.clone()),
+                    job_id: side_ref.and_then(|s| s.job_id.clone()),
+                    duration_seconds: side_ref.and_then(FiledReport::duration),
+                    stage: side_ref.and_then(|s| s.stage.clone()),
+                    error: match side_ref {
+                        Some(s) => s.error.clone(),
+                        None => Some(format!("no {suffix} beside it")),
+                    },
+                    output_dir: side_ref.and_then(|s| s.output_dir.clone()),
                     path: day.join(&name),
                     name,
                 });
@@ -295,7 +343,7 @@ pub fn list(sp: &Spool, filter: ListFilter, since: Option<&str>) -> Result<Vec<L
     // Sort filed jobs by date, then by when they were filed.
     out.sort_by(|a, b| (&a.date, file_mtime(&a.path)).cmp(&(&b.date, file_mtime(&b.path))));
     if all {
-        let now = spool::unix_now();
+        let now = crate::util::unix_now();
         let live: Vec<DaemonState> = state::read_all(sp)
             .into_iter()
             .filter(|(_, a)| *a)
@@ -314,7 +362,7 @@ pub fn list(sp: &Spool, filter: ListFilter, since: Option<&str>) -> Result<Vec<L
                     .map(|j| j.stage.clone())
             });
             out.push(ListEntry {
-                status: "processing".into(),
+                status: records::JobStatus::Processing,
                 date: None,
                 manifest: ledger
                     .as_ref()
@@ -335,7 +383,7 @@ pub fn list(sp: &Spool, filter: ListFilter, since: Option<&str>) -> Result<Vec<L
             let path = sp.to_be_processed().join(&name);
             let name = name.to_string_lossy().into_owned();
             out.push(ListEntry {
-                status: "queued".into(),
+                status: records::JobStatus::Queued,
                 date: None,
                 manifest: name.clone(),
                 job_id: None,
@@ -380,30 +428,35 @@ pub fn render_list(entries: &[ListEntry]) -> String {
         "DATE", "STATUS", "DURATION", "MANIFEST"
     );
     for e in entries {
-        let detail = match e.status.as_str() {
-            "failed" => format!(
+        let detail = match e.status {
+            records::JobStatus::Failed => format!(
                 "{}: {}",
                 e.stage.as_deref().unwrap_or("?"),
                 one_line(e.error.as_deref().unwrap_or(""), 120)
             ),
-            "processed" => format!("outputs: {}", e.output_dir.as_deref().unwrap_or("-")),
-            "processing" => format!("stage {}", e.stage.as_deref().unwrap_or("?")),
-            _ => String::new(),
+            records::JobStatus::Processed => {
+                format!("outputs: {}", e.output_dir.as_deref().unwrap_or("-"))
+            }
+            records::JobStatus::Processing => {
+                format!("stage {}", e.stage.as_deref().unwrap_or("?"))
+            }
+            records::JobStatus::Queued => String::new(),
         };
-        let detail = if e.manifest != e.name && e.status != "queued" {
+        let detail = if e.manifest != e.name && e.status != records::JobStatus::Queued {
             format!("{detail} (submitted as {})", e.manifest)
         } else {
             detail
         };
+        // Names and errors come from whoever wrote into the spool: one row stays one line.
         o += &format!(
             "{:<10}  {:<10}  {:>9}  {:<wname$}  {}\n",
             e.date.as_deref().unwrap_or("-"),
-            e.status,
+            e.status.as_str(),
             e.duration_seconds
                 .map(human_duration)
                 .unwrap_or_else(|| "-".into()),
-            e.name,
-            detail.trim_end()
+            escape_controls(&e.name),
+            escape_controls(detail.trim_end())
         );
     }
     o
@@ -412,40 +465,74 @@ pub fn render_list(entries: &[ListEntry]) -> String {
 /// `workflow submit`: copy `file` into `DIR/to_be_processed/` under a hidden temp name, fsync,
 /// then rename it to its own name (`NAME-N.ext` if taken), so the daemon only ever sees a
 /// complete manifest. Returns the submitted path.
-pub fn submit(sp: &Spool, file: &Path) -> Result<PathBuf, String> {
+pub fn submit(sp: &Spool, file: &Path) -> Result<PathBuf, WorkflowError> {
     let name = file
         .file_name()
-        .ok_or_else(|| format!("{}: not a file name", file.display()))?;
+        .ok_or_else(|| WorkflowError::NotAFileName(file.to_path_buf()))?;
     if !spool::has_manifest_extension(name) || spool::is_hidden_name(name) {
-        return Err(format!(
-            "{}: the daemon only takes .json, .yaml and .yml files whose names do not start with a dot",
-            file.display()
-        ));
+        return Err(WorkflowError::NotAManifestName(file.to_path_buf()));
     }
-    let bytes = std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
-    if !sp.root.is_dir() {
-        return Err(format!(
-            "{}: no such spool directory (start `h2k-guest daemon --dir {}` once, or create it)",
-            sp.root.display(),
-            sp.root.display()
-        ));
-    }
+    let bytes = read_manifest_input(file)?;
+    existing(sp)?;
     let tbp = sp.to_be_processed();
-    std::fs::create_dir_all(&tbp).map_err(|e| format!("{}: cannot create: {e}", tbp.display()))?;
+    std::fs::create_dir_all(&tbp).map_err(io_err(&tbp, "cannot create"))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".submit-")
         .suffix(".tmp")
         .tempfile_in(&tbp)
-        .map_err(|e| format!("{}: cannot write: {e}", tbp.display()))?;
+        .map_err(io_err(&tbp, "cannot write"))?;
     tmp.write_all(&bytes)
         .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| format!("{}: cannot write: {e}", tmp.path().display()))?;
+        .map_err(io_err(tmp.path(), "cannot write"))?;
     let tmp_path = tmp.into_temp_path();
-    let dest = spool::move_unique(&tmp_path, &tbp, name)
-        .map_err(|e| format!("{}: cannot submit: {e}", tbp.display()))?;
+    let dest = spool::move_unique(&tmp_path, &tbp, name).map_err(io_err(&tbp, "cannot submit"))?;
     let _ = tmp_path.keep();
     spool::sync_dir(&tbp);
     Ok(dest)
+}
+
+/// Read a file to submit: a regular file of at most [`MAX_SUBMIT_BYTES`]. Opened non-blocking
+/// so a FIFO cannot hang us, and checked on the open descriptor (no race with a swap).
+fn read_manifest_input(file: &Path) -> Result<Vec<u8>, WorkflowError> {
+    use std::os::unix::fs::FileTypeExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(file)
+        .map_err(io_err(file, "cannot read"))?;
+    let ft = f
+        .metadata()
+        .map_err(io_err(file, "cannot read"))?
+        .file_type();
+    let what = if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device node"
+    } else {
+        ""
+    };
+    if !ft.is_file() {
+        return Err(WorkflowError::NotRegular {
+            path: file.to_path_buf(),
+            what: if what.is_empty() {
+                "not a regular file"
+            } else {
+                what
+            },
+        });
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_SUBMIT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(file, "cannot read"))?;
+    if bytes.len() as u64 > MAX_SUBMIT_BYTES {
+        return Err(WorkflowError::TooBig(file.to_path_buf()));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -467,6 +554,7 @@ mod tests {
         std::fs::write(&m, "{}").unwrap();
         assert!(submit(&sp, &m)
             .unwrap_err()
+            .to_string()
             .contains("no such spool directory"));
         sp.create().unwrap();
         let a = submit(&sp, &m).unwrap();
@@ -482,7 +570,7 @@ mod tests {
         let txt = d.path().join("notes.txt");
         std::fs::write(&txt, "x").unwrap();
         assert!(submit(&sp, &txt).is_err());
-        let q = queue(&sp);
+        let q = queue(&sp).unwrap();
         assert_eq!(
             (
                 q.to_be_processed,
@@ -495,10 +583,38 @@ mod tests {
     }
 
     #[test]
+    fn submit_refuses_fifos_devices_and_huge_files() {
+        let d = tempfile::tempdir().unwrap();
+        let sp = Spool::new(d.path());
+        sp.create().unwrap();
+        let fifo = d.path().join("pipe.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = submit(&sp, &fifo).unwrap_err().to_string();
+        assert!(e.contains("pipe.json") && e.contains("FIFO"), "{e}");
+        let zero = d.path().join("zero.json");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = submit(&sp, &zero).unwrap_err().to_string();
+        assert!(e.contains("zero.json") && e.contains("device"), "{e}");
+        let big = d.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_SUBMIT_BYTES as usize + 1]).unwrap();
+        let e = submit(&sp, &big).unwrap_err().to_string();
+        assert!(e.contains("big.json") && e.contains("larger"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
     fn list_rejects_bad_dates() {
         let d = tempfile::tempdir().unwrap();
         let sp = Spool::new(d.path());
         assert!(list(&sp, ListFilter::default(), Some("yesterday")).is_err());
+        let e = list(&sp, ListFilter::default(), Some("2026-13-45")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--since \"2026-13-45\": expected a date as YYYY-MM-DD"
+        );
+        let gone = Spool::new(&d.path().join("nonexistent"));
+        assert!(matches!(queue(&gone), Err(WorkflowError::NoSpool(_))));
+        assert!(matches!(status(&gone), Err(WorkflowError::NoSpool(_))));
         assert!(list(&sp, ListFilter::default(), Some("2026-01-01"))
             .unwrap()
             .is_empty());

@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::records::{ErrorReport, JobStatus, ProcessedReport, Stage};
 use super::spool::{self, Claimed, LedgerEntry, Spool};
 use super::{DaemonConfig, OnStop};
 use crate::logging::JobCtx;
 use crate::pipeline::{self, PipelineError, RunOptions};
-use crate::report::{now_rfc3339, Report};
+use crate::report::Report;
+use crate::util::now_rfc3339;
 
 /// What the worker threads share with the main loop.
 pub struct Shared {
@@ -40,7 +42,7 @@ pub struct JobSpec {
     pub claimed: Claimed,
     pub ledger: LedgerEntry,
     /// `O/DATE/JOB`, or why it could not be made.
-    pub output_dir: Result<PathBuf, String>,
+    pub output_dir: std::io::Result<PathBuf>,
     /// A retry reusing the directory of an earlier attempt (outputs may be replaced).
     pub reused_dir: bool,
     pub ctx: Arc<JobCtx>,
@@ -102,7 +104,7 @@ fn execute(shared: &Shared, spec: &JobSpec) -> Verdict {
     spec.ctx.set_stage("manifest");
     let out_dir = match &spec.output_dir {
         Ok(d) => d.clone(),
-        Err(e) => return fail("output", e.clone()),
+        Err(e) => return fail("output", e.to_string()),
     };
     let size = spec.claimed.key.size;
     if size > cfg.max_manifest_bytes {
@@ -165,7 +167,7 @@ fn execute(shared: &Shared, spec: &JobSpec) -> Verdict {
                 return Verdict::Interrupted { stage: f.stage };
             }
             Verdict::Failure {
-                stage: f.stage.clone(),
+                stage: Stage::of_failed_run(&f.report, &f.stage).to_string(),
                 error: f.error.to_string(),
                 report: Some(Box::new(f.report)),
                 report_path: Some(f.report_path),
@@ -198,17 +200,18 @@ fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outc
                     if let Some(p) = base.pointer_mut("/plan/manifest_path") {
                         *p = json!(dir.join(filed));
                     }
-                    if let Value::Object(m) = &mut base {
-                        m.insert("job_id".into(), json!(spec.job_id));
-                        m.insert("manifest".into(), json!(name));
-                        m.insert("filed_as".into(), json!(dir.join(filed)));
-                        m.insert("completed_at".into(), json!(now_rfc3339()));
-                        m.insert("duration_seconds".into(), json!(round(seconds)));
-                        m.insert("attempts".into(), json!(spec.ledger.attempts));
-                        m.insert("output_dir".into(), json!(out_dir));
-                        m.insert("daemon_pid".into(), json!(std::process::id()));
-                    }
-                    serde_json::to_vec_pretty(&base).unwrap_or_default()
+                    let filed_report = ProcessedReport {
+                        report: base.clone(),
+                        job_id: spec.job_id.clone(),
+                        manifest: name.clone(),
+                        filed_as: dir.join(filed),
+                        completed_at: now_rfc3339(),
+                        duration_seconds: round(seconds),
+                        attempts: spec.ledger.attempts,
+                        output_dir: out_dir.clone(),
+                        daemon_pid: std::process::id(),
+                    };
+                    serde_json::to_vec_pretty(&filed_report).unwrap_or_default()
                 },
             );
             match result {
@@ -224,7 +227,8 @@ fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outc
                     Outcome::Processed
                 }
                 Err(e) => {
-                    log::error!("cannot file {name} as processed: {e}; it stays in processing/ for recovery");
+                    log::error!("cannot file {name} as processed: {e}; it stays in processing/ and is not run again");
+                    mark_unfileable(sp, &spec.claimed, &spec.ledger, &e);
                     Outcome::Stuck
                 }
             }
@@ -314,28 +318,36 @@ pub fn file_failure(
         original,
         spool::ERROR_SUFFIX,
         &mut |filed: &OsStr| {
-            let mut v = json!({
-                "job_id": job_id,
-                "job": job,
-                "manifest": name,
-                "filed_as": dir.join(filed),
-                "status": "failed",
-                "failed_at": now_rfc3339(),
-                "stage": info.stage,
-                "error": truncate(info.error, 4000),
-                "attempts": ledger.attempts,
-                "duration_seconds": round(info.seconds),
-                "daemon_pid": std::process::id(),
-                "output_dir": out_dir,
-                "report_path": info.report_path,
-                "history": ledger.history,
-                "log_tail": info.tail,
-                "report": info.report,
-            });
-            if let Some(p) = v.pointer_mut("/report/plan/manifest_path") {
+            let mut report = info.report.and_then(|r| serde_json::to_value(r).ok());
+            if let Some(p) = report
+                .as_mut()
+                .and_then(|r| r.pointer_mut("/plan/manifest_path"))
+            {
                 *p = json!(dir.join(filed));
             }
-            serde_json::to_vec_pretty(&v).unwrap_or_default()
+            // One failed stage in the whole file: the embedded report says the same.
+            if let Some(Value::Object(r)) = report.as_mut() {
+                r.insert("failed_stage".into(), json!(info.stage));
+            }
+            ErrorReport {
+                job_id: Some(job_id.to_string()),
+                job: Some(job.to_string()),
+                manifest: name.clone(),
+                filed_as: Some(dir.join(filed)),
+                status: JobStatus::Failed,
+                failed_at: now_rfc3339(),
+                stage: Stage::from(info.stage.to_string()),
+                error: truncate(info.error, 4000),
+                attempts: ledger.attempts,
+                duration_seconds: round(info.seconds),
+                daemon_pid: Some(std::process::id()),
+                output_dir: out_dir.map(Path::to_path_buf),
+                report_path: info.report_path.map(Path::to_path_buf),
+                history: ledger.history.clone(),
+                log_tail: info.tail.clone(),
+                report,
+            }
+            .to_json()
         },
     );
     match result {
@@ -345,10 +357,21 @@ pub fn file_failure(
             Outcome::Failed
         }
         Err(e) => {
-            log::error!("cannot file {name} as failed: {e}; it stays in processing/ for recovery");
+            log::error!(
+                "cannot file {name} as failed: {e}; it stays in processing/ and is not run again"
+            );
+            mark_unfileable(sp, claimed, ledger, &e);
             Outcome::Stuck
         }
     }
+}
+
+/// Note in the ledger that this job is over but could not be filed, so recovery never
+/// re-runs it.
+fn mark_unfileable(sp: &Spool, claimed: &Claimed, ledger: &LedgerEntry, e: &std::io::Error) {
+    let mut marked = ledger.clone();
+    marked.filing_failed = Some(e.to_string());
+    spool::ledger_write(sp, &claimed.key, &marked);
 }
 
 fn dir_has_entries(d: &Path) -> bool {

@@ -92,7 +92,50 @@ pub fn date_of(t: time::OffsetDateTime) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), d.month() as u8, d.day())
 }
 
-pub use crate::util::unix_now;
+/// Longest file name (bytes) the spool files under: leaves room for `-N` and the sidecar
+/// suffix (`.error.json`) within the 255-byte limit of common file systems.
+pub const MAX_FILED_NAME_BYTES: usize = 200;
+
+/// The name a manifest is moved and filed under. Names that are long, not UTF-8 or contain
+/// control characters get a sanitized, shortened stem plus a short hash of the original bytes
+/// (so distinct hostile names stay distinct); the original name lives in the ledger and reports.
+pub fn safe_file_name(name: &OsStr) -> OsString {
+    use std::os::unix::ffi::OsStrExt;
+    let fine = name
+        .to_str()
+        .is_some_and(|s| s.len() <= MAX_FILED_NAME_BYTES && !s.chars().any(char::is_control));
+    if fine {
+        return name.to_os_string();
+    }
+    let lossy = name.to_string_lossy();
+    let clean: String = lossy
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let (stem, ext) = match clean.rfind('.') {
+        Some(i) if i > 0 && clean.len() - i <= 8 => clean.split_at(i),
+        _ => (clean.as_str(), ""),
+    };
+    let mut cut = stem.len().min(MAX_FILED_NAME_BYTES - 32);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(name.as_bytes());
+        d.iter()
+            .take(5)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    OsString::from(format!("{}-{digest}{ext}", &stem[..cut]))
+}
 
 /// What the daemon does with a directory entry of `to_be_processed/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +200,10 @@ fn describe_non_regular(meta: &std::fs::Metadata) -> String {
     };
     format!("{what}, not a manifest file: submit a regular .json/.yaml/.yml file (write it elsewhere, then rename it into to_be_processed/)")
 }
+
+pub use super::ledger::{
+    ledger_all, ledger_gc, ledger_read, ledger_remove, ledger_write, LedgerEntry,
+};
 
 /// The inode identity of a manifest: renames keep it, so it follows the file through the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +276,7 @@ fn with_suffix(name: &OsStr, suffix: &str) -> OsString {
 /// Returns the final path; `NotFound` when `src` is gone (someone else moved it).
 pub fn move_unique(src: &Path, dir: &Path, name: &OsStr) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| annotate(e, dir, "cannot create"))?;
+    let name = &safe_file_name(name);
     for n in 0..10_000 {
         let target = dir.join(suffixed(name, n));
         match rename_noreplace(src, &target) {
@@ -258,6 +306,7 @@ pub fn file_with_sidecar(
     sidecar: &mut dyn FnMut(&OsStr) -> Vec<u8>,
 ) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| annotate(e, dir, "cannot create"))?;
+    let name = &safe_file_name(name);
     for n in 0..10_000 {
         let cand = suffixed(name, n);
         let target = dir.join(&cand);
@@ -293,7 +342,7 @@ pub fn file_with_sidecar(
 
 /// Create `path` with `bytes`, atomically and only if it does not exist yet.
 pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp_path = crate::report::synced_temp_beside(path, bytes)?.into_temp_path();
+    let tmp_path = crate::util::synced_temp_beside(path, bytes)?.into_temp_path();
     match rename_noreplace(&tmp_path, path) {
         Ok(()) => {
             // Already renamed: don't let TempPath delete the (now absent) temp name's new owner.
@@ -457,102 +506,6 @@ pub fn age(meta: &std::fs::Metadata) -> Duration {
         .unwrap_or_default()
 }
 
-/// What survives a crash about one claimed manifest, kept in `.h2k-guest/jobs/<dev>-<ino>.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct LedgerEntry {
-    pub key: Option<FileKey>,
-    pub job_id: String,
-    /// The name it was submitted under.
-    pub manifest: String,
-    /// Its current name in `processing/`.
-    pub processing_name: String,
-    /// Claims so far (this one included).
-    pub attempts: u32,
-    pub pid: u32,
-    pub claimed_at: String,
-    pub claimed_unix: f64,
-    /// The job's output directory, reused by a retry.
-    pub output_dir: Option<PathBuf>,
-    /// Why earlier attempts ended (e.g. "daemon pid 123 died in stage fix").
-    #[serde(default)]
-    pub history: Vec<String>,
-}
-
-fn ledger_path(spool: &Spool, key: &FileKey) -> PathBuf {
-    spool
-        .ledger_dir()
-        .join(format!("{}-{}.json", key.dev, key.ino))
-}
-
-/// The ledger entry of this file, if it is really about this file (same size and mtime).
-pub fn ledger_read(spool: &Spool, key: &FileKey) -> Option<LedgerEntry> {
-    let text = std::fs::read(ledger_path(spool, key)).ok()?;
-    let e: LedgerEntry = serde_json::from_slice(&text).ok()?;
-    match e.key {
-        Some(k) if k.size == key.size && k.mtime_ns == key.mtime_ns => Some(e),
-        _ => None,
-    }
-}
-
-pub fn ledger_write(spool: &Spool, key: &FileKey, e: &LedgerEntry) {
-    let path = ledger_path(spool, key);
-    let bytes = serde_json::to_vec_pretty(e).unwrap_or_default();
-    if let Err(err) = crate::report::write_atomic(&path, &bytes) {
-        log::warn!("{}: cannot write the job ledger: {err}", path.display());
-    }
-}
-
-pub fn ledger_remove(spool: &Spool, key: &FileKey) {
-    let _ = std::fs::remove_file(ledger_path(spool, key));
-}
-
-/// All ledger entries (for `workflow list` and garbage collection).
-pub fn ledger_all(spool: &Spool) -> Vec<(PathBuf, LedgerEntry)> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(spool.ledger_dir()) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension() != Some(OsStr::new("json")) {
-                continue;
-            }
-            if let Some(entry) = std::fs::read(&p)
-                .ok()
-                .and_then(|t| serde_json::from_slice::<LedgerEntry>(&t).ok())
-            {
-                out.push((p, entry));
-            }
-        }
-    }
-    out
-}
-
-/// Drop ledger entries whose manifest is neither queued nor processing any more (a crash
-/// between filing and removing the entry), once they are a minute old.
-pub fn ledger_gc(spool: &Spool) {
-    let mut live = std::collections::HashSet::new();
-    for d in [spool.processing(), spool.to_be_processed()] {
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for e in rd.flatten() {
-                if let Ok(m) = e.metadata() {
-                    live.insert((m.dev(), m.ino()));
-                }
-            }
-        }
-    }
-    for (p, e) in ledger_all(spool) {
-        let Some(k) = e.key else { continue };
-        if live.contains(&(k.dev, k.ino)) {
-            continue;
-        }
-        let old = std::fs::metadata(&p)
-            .map(|m| age(&m) > Duration::from_secs(60))
-            .unwrap_or(false);
-        if old {
-            let _ = std::fs::remove_file(&p);
-        }
-    }
-}
-
 /// Remove what a killed job may have left in its output directory: the pipeline's hidden work
 /// directories (`.h2k-guest-*`) and partial outputs (`*.part`). Final names are only ever
 /// written whole, so they are kept.
@@ -665,17 +618,51 @@ pub fn dated_dirs(dir: &Path) -> Vec<String> {
 /// `YYYY-MM-DD` (shape only).
 pub fn is_date(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 10
+    let shaped = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
         && b.iter()
             .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    // A real calendar day: 2026-13-45 and 2026-02-30 are not.
+    let num = |r: std::ops::Range<usize>| s[r].parse::<u16>().unwrap_or(0);
+    shaped
+        && time::Month::try_from(num(5..7) as u8)
+            .and_then(|m| time::Date::from_calendar_date(num(0..4).into(), m, num(8..10) as u8))
+            .is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_names_get_short_safe_unique_file_names() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(safe_file_name(OsStr::new("vm.json")), "vm.json");
+        let long = format!("{}.json", "a".repeat(245));
+        let safe = safe_file_name(OsStr::new(&long));
+        let s = safe.to_str().unwrap();
+        assert!(
+            s.len() <= MAX_FILED_NAME_BYTES && s.ends_with(".json"),
+            "{s}"
+        );
+        let other = format!("{}b.json", "a".repeat(244));
+        assert_ne!(safe, safe_file_name(OsStr::new(&other)));
+        let nl = safe_file_name(OsStr::new("x\nINFO forged.json"));
+        assert!(nl.to_str().unwrap().starts_with("x_INFO forged-"), "{nl:?}");
+        let raw = safe_file_name(OsStr::from_bytes(b"caf\xe9.yaml"));
+        assert!(raw.to_str().unwrap().ends_with(".yaml"), "{raw:?}");
+        assert!((with_suffix(&safe, ERROR_SUFFIX).len() + 6) < 255);
+    }
+
+    #[test]
+    fn dates_must_exist() {
+        assert!(is_date("2026-02-28"));
+        assert!(!is_date("2026-13-45"));
+        assert!(!is_date("2026-02-30"));
+        assert!(!is_date("yesterday"));
+    }
 
     #[test]
     fn names_the_daemon_takes() {

@@ -91,7 +91,7 @@ impl Registration {
 
     pub fn write(&self, state: &DaemonState) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
-        crate::report::write_atomic(&state_path(&self.spool, self.pid), &bytes)
+        crate::util::write_atomic(&state_path(&self.spool, self.pid), &bytes)
     }
 }
 
