@@ -1,11 +1,10 @@
 //! A push parser for sequences of newc/crc cpio archives, fed in pieces of any size.
 
+use super::limits::Listing;
 use super::{InitramfsImageError, Result, Stream};
 
 const HEADER_LEN: usize = 110;
 const MAGIC_LEN: usize = 6;
-/// Longer names are garbage (the kernel's limit is PATH_MAX, 4096), not worth buffering.
-const MAX_NAME_LEN: usize = 64 * 1024;
 const TRAILER: &[u8] = b"TRAILER!!!";
 
 fn pad4(n: u64) -> u64 {
@@ -89,10 +88,10 @@ impl CpioParser {
         }
     }
 
-    /// Parses `data`, appending names to `paths`. Returns how many bytes it took: all of
+    /// Parses `data`, adding names to `listing`. Returns how many bytes it took: all of
     /// them, unless it met, between archives, a byte that is neither zero padding nor the
     /// start of a cpio header (where the next segment of an image starts).
-    pub(super) fn feed(&mut self, data: &[u8], paths: &mut Vec<String>) -> Result<usize> {
+    pub(super) fn feed(&mut self, data: &[u8], listing: &mut Listing) -> Result<usize> {
         let mut rest = data;
         while !rest.is_empty() {
             match self.state {
@@ -129,7 +128,7 @@ impl CpioParser {
                         self.check_magic()?;
                     }
                     if len == HEADER_LEN {
-                        self.state = self.parse_header()?;
+                        self.state = self.parse_header(listing)?;
                         self.buf.clear();
                     }
                 }
@@ -144,7 +143,7 @@ impl CpioParser {
                     self.pos += n as u64;
                     rest = &rest[n..];
                     if self.buf.len() == total {
-                        self.state = self.got_name(name_len, file_size, check, paths)?;
+                        self.state = self.got_name(name_len, file_size, check, listing)?;
                         self.buf.clear();
                     }
                 }
@@ -195,7 +194,7 @@ impl CpioParser {
         }
     }
 
-    fn parse_header(&self) -> Result<State> {
+    fn parse_header(&self, listing: &mut Listing) -> Result<State> {
         let h = &self.buf;
         let with_check = self.check_magic()?;
         const FIELDS: [&str; 13] = [
@@ -229,7 +228,8 @@ impl CpioParser {
                 })?;
         }
         let (mode, file_size, name_len, check) = (f[1], f[6], f[11] as usize, f[12]);
-        if name_len == 0 || name_len > MAX_NAME_LEN {
+        listing.entry(name_len)?;
+        if name_len == 0 {
             return Err(self.bad_header(format!("name size {name_len}")));
         }
         let total = name_len + pad4((HEADER_LEN + name_len) as u64) as usize;
@@ -247,7 +247,7 @@ impl CpioParser {
         name_len: usize,
         file_size: u64,
         check: Option<u32>,
-        paths: &mut Vec<String>,
+        listing: &mut Listing,
     ) -> Result<State> {
         let raw = &self.buf[..name_len];
         if raw[name_len - 1] != 0 {
@@ -261,7 +261,7 @@ impl CpioParser {
         } else {
             self.entry_name = String::from_utf8_lossy(raw).into_owned();
             if let Some(path) = normalise(&self.entry_name) {
-                paths.push(path.to_string());
+                listing.push(path)?;
             }
         }
         let state = State::Data {

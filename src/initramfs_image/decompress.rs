@@ -5,6 +5,7 @@ use std::io::{self, BufRead, Read, Seek, Write};
 
 use super::cpio::CpioParser;
 use super::input::{Input, PEEK_LEN};
+use super::limits::Listing;
 use super::{Compression, InitramfsImageError, Result, MAX_XZ_MEMORY, MAX_ZSTD_WINDOW};
 
 pub(super) const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -57,10 +58,10 @@ pub(super) fn decompress<R: BufRead + Seek>(
     offset: usize,
     input: &mut Input<R>,
     parser: &mut CpioParser,
-    paths: &mut Vec<String>,
+    listing: &mut Listing,
 ) -> Result<usize> {
     let start = input.pos;
-    let mut sink = Sink::new(parser, paths);
+    let mut sink = Sink::new(parser, listing);
     // The decoder failed: the parser's error comes first (it met bad data before the decoder
     // did), then a failure to read the input, then the decoder's complaint.
     let fail = |input: &mut Input<R>, sink: &mut Sink, reason: String| {
@@ -179,7 +180,7 @@ fn is_skippable_zstd_frame(head: &[u8]) -> bool {
 /// output, keeping the parser's own error for the caller.
 struct Sink<'a> {
     parser: &'a mut CpioParser,
-    paths: &'a mut Vec<String>,
+    listing: &'a mut Listing,
     error: Option<InitramfsImageError>,
     /// Where the parser met a byte that is neither a cpio header nor zero padding, and the
     /// first [`PEEK_LEN`] bytes from there (collected across the decoder's output chunks, so
@@ -188,10 +189,10 @@ struct Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
-    fn new(parser: &'a mut CpioParser, paths: &'a mut Vec<String>) -> Sink<'a> {
+    fn new(parser: &'a mut CpioParser, listing: &'a mut Listing) -> Sink<'a> {
         Sink {
             parser,
-            paths,
+            listing,
             error: None,
             garbage: None,
         }
@@ -199,10 +200,11 @@ impl<'a> Sink<'a> {
 
     /// Inside a compressed stream, everything must be cpio archives or zero padding.
     fn feed(&mut self, data: &[u8]) -> Result<()> {
+        self.listing.decompressed(data.len())?;
         let rest = match self.garbage {
             Some(_) => data,
             None => {
-                let used = self.parser.feed(data, self.paths)?;
+                let used = self.parser.feed(data, self.listing)?;
                 if used == data.len() {
                     return Ok(());
                 }

@@ -21,15 +21,21 @@
 mod cpio;
 mod decompress;
 mod input;
+mod limits;
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Seek};
+use std::io::{BufRead, BufReader, Cursor, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use cpio::CpioParser;
 use decompress::{compression_at, decompress};
 use input::{one_line, Input, PEEK_LEN};
+use limits::Listing;
+pub use limits::{
+    check_image_size, Cap, Limits, MAX_DECOMPRESSED_BYTES, MAX_ENTRIES, MAX_IMAGE_BYTES,
+    MAX_NAME_BYTES, MAX_NAME_LEN,
+};
 
 /// The compressed formats decoded here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +105,9 @@ pub enum InitramfsImageError {
         offset: u64,
         reason: String,
     },
+    /// The image reached one of the caps of [`Limits`] (see the `MAX_*` constants).
+    #[error("initramfs image over the {cap} limit of {limit}")]
+    OverCap { cap: Cap, limit: u64 },
 }
 
 fn within(stream: &Option<Stream>) -> String {
@@ -140,7 +149,7 @@ pub const MAX_XZ_MEMORY: u64 = 32 << 20;
 /// archive's `TRAILER!!!`; a name stored twice is listed twice. Names that are not UTF-8 are
 /// converted lossily.
 pub fn list_paths(image: &[u8]) -> std::result::Result<Vec<String>, InitramfsImageError> {
-    list_paths_from_reader(Cursor::new(image))
+    list_paths_within(Cursor::new(image), image.len() as u64, Limits::default())
 }
 
 /// [`list_paths`] of the image in the file at `path`, read as a stream: the memory used does
@@ -155,7 +164,19 @@ pub(crate) fn list_paths_from_file_with_capacity(
     capacity: usize,
 ) -> std::result::Result<Vec<String>, InitramfsImageError> {
     let listed = match File::open(path) {
-        Ok(file) => list_paths_from_reader(BufReader::with_capacity(capacity, file)),
+        // Checked before reading, whatever the caller checked before downloading.
+        Ok(file) => match file.metadata() {
+            Ok(meta) => list_paths_within(
+                BufReader::with_capacity(capacity, file),
+                meta.len(),
+                Limits::default(),
+            ),
+            Err(e) => Err(InitramfsImageError::Io {
+                path: None,
+                offset: 0,
+                reason: one_line(&e.to_string()),
+            }),
+        },
         Err(e) => Err(InitramfsImageError::Io {
             path: None,
             offset: 0,
@@ -175,10 +196,21 @@ pub(crate) fn list_paths_from_file_with_capacity(
 /// [`list_paths`] of the image read from `reader` (from its current position, which is byte
 /// 0 of the image). Seeking is only ever a few bytes back, after peeking at a magic number.
 pub(crate) fn list_paths_from_reader<R: BufRead + Seek>(
-    reader: R,
+    mut reader: R,
 ) -> std::result::Result<Vec<String>, InitramfsImageError> {
+    let len = remaining_len(&mut reader)?;
+    list_paths_within(reader, len, Limits::default())
+}
+
+/// [`list_paths_from_reader`] of an image of `len` bytes, within the caps of `limits`.
+pub(crate) fn list_paths_within<R: BufRead + Seek>(
+    reader: R,
+    len: u64,
+    limits: Limits,
+) -> std::result::Result<Vec<String>, InitramfsImageError> {
+    limits.check_image_size(len)?;
     let mut input = Input::new(reader);
-    let mut paths = Vec::new();
+    let mut listing = Listing::new(limits);
     // Uncompressed archives and zero padding between segments: offsets are image offsets, and
     // headers must sit on 4-byte boundaries of the image, as in the kernel.
     let mut top = CpioParser::new(None);
@@ -194,7 +226,7 @@ pub(crate) fn list_paths_from_reader<R: BufRead + Seek>(
                 break false;
             }
             let len = chunk.len();
-            let used = top.feed(chunk, &mut paths)?;
+            let used = top.feed(chunk, &mut listing)?;
             input.consume(used);
             if used < len {
                 break true;
@@ -211,7 +243,7 @@ pub(crate) fn list_paths_from_reader<R: BufRead + Seek>(
             compression,
             offset,
         }));
-        let used = decompress(compression, offset, &mut input, &mut parser, &mut paths)?;
+        let used = decompress(compression, offset, &mut input, &mut parser, &mut listing)?;
         if used == 0 {
             // Cannot happen (a decoder takes at least the magic), but never loop forever.
             return Err(InitramfsImageError::Decompress {
@@ -234,7 +266,22 @@ pub(crate) fn list_paths_from_reader<R: BufRead + Seek>(
             len: input.offset(),
         });
     }
-    Ok(paths)
+    Ok(listing.paths)
+}
+
+/// The bytes from the current position of `reader` to its end (it is left where it was).
+fn remaining_len(reader: &mut impl Seek) -> Result<u64> {
+    let measured = (|| {
+        let start = reader.stream_position()?;
+        let end = reader.seek(SeekFrom::End(0))?;
+        reader.seek(SeekFrom::Start(start))?;
+        Ok(end.saturating_sub(start))
+    })();
+    measured.map_err(|e: std::io::Error| InitramfsImageError::Io {
+        path: None,
+        offset: 0,
+        reason: one_line(&e.to_string()),
+    })
 }
 
 #[cfg(test)]

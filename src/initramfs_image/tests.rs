@@ -393,12 +393,12 @@ fn parser_takes_input_in_any_pieces() {
     let content = cat(&[&early(), &main_archive()]);
     for piece in [1, 2, 3, 7, 109, 110, 111, 4096] {
         let mut parser = CpioParser::new(None);
-        let mut paths = Vec::new();
+        let mut listing = limits::Listing::new(Limits::default());
         for chunk in content.chunks(piece) {
-            assert_eq!(parser.feed(chunk, &mut paths).unwrap(), chunk.len());
+            assert_eq!(parser.feed(chunk, &mut listing).unwrap(), chunk.len());
         }
         parser.finish().unwrap();
-        assert_eq!(paths, strs(&[EARLY, MAIN]), "pieces of {piece}");
+        assert_eq!(listing.paths, strs(&[EARLY, MAIN]), "pieces of {piece}");
     }
 }
 
