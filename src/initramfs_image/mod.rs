@@ -25,7 +25,7 @@ mod limits;
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Cursor, Seek};
 use std::path::{Path, PathBuf};
 
 use cpio::CpioParser;
@@ -195,6 +195,7 @@ pub(crate) fn list_paths_from_file_with_capacity(
 
 /// [`list_paths`] of the image read from `reader` (from its current position, which is byte
 /// 0 of the image). Seeking is only ever a few bytes back, after peeking at a magic number.
+#[cfg(test)]
 pub(crate) fn list_paths_from_reader<R: BufRead + Seek>(
     mut reader: R,
 ) -> std::result::Result<Vec<String>, InitramfsImageError> {
@@ -270,11 +271,12 @@ pub(crate) fn list_paths_within<R: BufRead + Seek>(
 }
 
 /// The bytes from the current position of `reader` to its end (it is left where it was).
+#[cfg(test)]
 fn remaining_len(reader: &mut impl Seek) -> Result<u64> {
     let measured = (|| {
         let start = reader.stream_position()?;
-        let end = reader.seek(SeekFrom::End(0))?;
-        reader.seek(SeekFrom::Start(start))?;
+        let end = reader.seek(std::io::SeekFrom::End(0))?;
+        reader.seek(std::io::SeekFrom::Start(start))?;
         Ok(end.saturating_sub(start))
     })();
     measured.map_err(|e: std::io::Error| InitramfsImageError::Io {

@@ -954,3 +954,141 @@ fn xz_dictionary_over_the_memory_limit_is_an_error() {
         assert_eq!(listed, strs(&[EARLY, MAIN]));
     }
 }
+
+/// `image` listed within `limits`, read through a small buffer.
+fn within(image: &[u8], limits: Limits) -> std::result::Result<Vec<String>, InitramfsImageError> {
+    list_paths_within(
+        BufReader::with_capacity(7, Cursor::new(image)),
+        image.len() as u64,
+        limits,
+    )
+}
+
+fn over(result: std::result::Result<Vec<String>, InitramfsImageError>) -> (Cap, u64) {
+    match result {
+        Err(InitramfsImageError::OverCap { cap, limit }) => (cap, limit),
+        other => panic!("expected a cap error, got {other:?}"),
+    }
+}
+
+#[test]
+fn image_size_cap() {
+    let image = cat(&[&early(), &gzip(&main_archive())]);
+    let len = image.len() as u64;
+    let exact = Limits {
+        image_bytes: len,
+        ..Limits::default()
+    };
+    assert_eq!(within(&image, exact).unwrap(), strs(&[EARLY, MAIN]));
+    let small = Limits {
+        image_bytes: len - 1,
+        ..Limits::default()
+    };
+    assert_eq!(over(within(&image, small)), (Cap::ImageBytes, len - 1));
+    assert!(check_image_size(MAX_IMAGE_BYTES).is_ok());
+    let err = check_image_size(MAX_IMAGE_BYTES + 1).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "initramfs image over the image size limit of 536870912"
+    );
+    // A (sparse) file one byte over the cap is refused before it is read.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    file.as_file().set_len(MAX_IMAGE_BYTES + 1).unwrap();
+    assert_eq!(
+        over(list_paths_from_file(file.path())),
+        (Cap::ImageBytes, MAX_IMAGE_BYTES)
+    );
+}
+
+#[test]
+fn decompressed_bytes_cap_counts_every_stream() {
+    let main = main_archive();
+    let image = cat(&[&early(), &gzip(&main), &zstd(&main), &xz(&main)]);
+    let total = 3 * main.len() as u64;
+    let exact = Limits {
+        decompressed_bytes: total,
+        ..Limits::default()
+    };
+    assert_eq!(
+        within(&image, exact).unwrap(),
+        strs(&[EARLY, MAIN, MAIN, MAIN])
+    );
+    let small = Limits {
+        decompressed_bytes: total - 1,
+        ..Limits::default()
+    };
+    assert_eq!(
+        over(within(&image, small)),
+        (Cap::DecompressedBytes, total - 1)
+    );
+    // A bomb: 64 MiB of zeros in a small gzip stream, against a 1 MiB cap.
+    let bomb = cat(&[&early(), &gzip(&vec![0u8; 64 << 20])]);
+    let limits = Limits {
+        decompressed_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    assert_eq!(
+        over(within(&bomb, limits)),
+        (Cap::DecompressedBytes, 1 << 20)
+    );
+}
+
+#[test]
+fn entry_count_cap_counts_roots_and_trailers() {
+    // early: 5 entries and a trailer; main: 6 entries and a trailer.
+    let image = cat(&[&early(), &main_archive()]);
+    let exact = Limits {
+        entries: 13,
+        ..Limits::default()
+    };
+    assert_eq!(within(&image, exact).unwrap(), strs(&[EARLY, MAIN]));
+    let small = Limits {
+        entries: 12,
+        ..Limits::default()
+    };
+    assert_eq!(over(within(&image, small)), (Cap::Entries, 12));
+}
+
+#[test]
+fn name_bytes_cap() {
+    let image = cat(&[&early(), &zstd(&main_archive())]);
+    let total: usize = [EARLY, MAIN].concat().iter().map(|p| p.len()).sum();
+    let exact = Limits {
+        name_bytes: total,
+        ..Limits::default()
+    };
+    assert_eq!(within(&image, exact).unwrap(), strs(&[EARLY, MAIN]));
+    let small = Limits {
+        name_bytes: total - 1,
+        ..Limits::default()
+    };
+    assert_eq!(
+        over(within(&image, small)),
+        (Cap::NameBytes, total as u64 - 1)
+    );
+}
+
+#[test]
+fn name_length_cap_is_path_max() {
+    // 4095 bytes and the nul: PATH_MAX, accepted.
+    let longest = "d/".repeat(2047) + "f";
+    let image = archive(&[(&longest, FILE, b"x")]);
+    assert_eq!(list(&image), vec![longest.clone()]);
+    let too_long = longest + "g";
+    let image = archive(&[(&too_long, FILE, b"x")]);
+    assert_eq!(
+        over(list_paths(&image)),
+        (Cap::NameLen, MAX_NAME_LEN as u64)
+    );
+    // The trailer's name, "TRAILER!!!" and its nul, is the shortest cap an archive passes.
+    let limits = Limits {
+        name_len: 11,
+        ..Limits::default()
+    };
+    let image = archive(&[("initramfs!", FILE, b"")]);
+    assert_eq!(within(&image, limits).unwrap(), vec!["initramfs!"]);
+    let image = archive(&[("initramfs!!", FILE, b"")]);
+    assert_eq!(over(within(&image, limits)), (Cap::NameLen, 11));
+}
+
+mod properties;
