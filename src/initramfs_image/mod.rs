@@ -17,6 +17,11 @@
 //! image), so the memory used is about one read buffer and one decoder window (for zstd,
 //! the frame's window, at most [`MAX_ZSTD_WINDOW`]; for xz, the dictionary, at most
 //! [`MAX_XZ_MEMORY`]) plus the list of names.
+//!
+//! An image from a hostile guest is held to hard caps ([`Limits`], the `MAX_*` constants of
+//! `limits.rs`): its size, the bytes decoded from it, its entries, the bytes of the names
+//! listed and the length of each name. Reaching one is an [`InitramfsImageError::OverCap`],
+//! like any other error: no list at all.
 
 mod cpio;
 mod decompress;
@@ -153,7 +158,8 @@ pub fn list_paths(image: &[u8]) -> std::result::Result<Vec<String>, InitramfsIma
 }
 
 /// [`list_paths`] of the image in the file at `path`, read as a stream: the memory used does
-/// not depend on the size of the image (see the module documentation).
+/// not depend on the size of the image (see the module documentation). A file over
+/// [`MAX_IMAGE_BYTES`] is refused before it is read.
 pub fn list_paths_from_file(path: &Path) -> std::result::Result<Vec<String>, InitramfsImageError> {
     list_paths_from_file_with_capacity(path, FILE_BUFFER_LEN)
 }
