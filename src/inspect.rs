@@ -154,8 +154,7 @@ pub fn resolved_mountpoints(
             if known(&dev) {
                 return (mp, dev);
             }
-            match crate::fix::fstab::appliance_device_for(&dev, disks.disk_count)
-                .filter(|d| known(d))
+            match crate::devices::appliance_device_for(&dev, disks.disk_count).filter(|d| known(d))
             {
                 Some(resolved) => (mp, resolved),
                 None => (mp, dev),

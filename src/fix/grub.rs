@@ -22,10 +22,8 @@
 
 use serde::Serialize;
 
-use super::fstab::{
-    classify_device, field_spans, is_unstable_device, lines, usable_uuid, Change, DeviceNameKind,
-    Line, Rewrite,
-};
+use super::text::{field_spans, lines, Change, Line, Rewrite};
+use crate::devices::{classify_device, is_unstable_device, usable_uuid, DeviceNameKind};
 
 /// Kernel parameters that name a block device.
 const DEVICE_PARAMS: [&str; 2] = ["root", "resume"];
@@ -516,7 +514,7 @@ fn default_grub_line(
 // ---- the guest step: edit the config GRUB is generated from, regenerate, verify ----
 
 use super::{record, skipped, FixError, Guest};
-use crate::report::{FileChange, FixRecord};
+use super::{FileChange, FixRecord};
 
 const STEP: &str = "grub";
 
@@ -569,7 +567,7 @@ pub fn run(
 ) -> Result<FixRecord, FixError> {
     let started = std::time::Instant::now();
     let bl = &guest.os.bootloader;
-    let resolve = |dev: &str| super::fstab::resolve_uuid(guest, dev);
+    let resolve = |dev: &str| super::fstab_apply::resolve_uuid(guest, dev);
     let mut files: Vec<FileChange> = Vec::new();
 
     if bl.kind == "grub-legacy" {
@@ -688,7 +686,7 @@ pub fn run(
     if after != before {
         files.push(FileChange {
             path: cfg.clone(),
-            diff: crate::report::unified_diff(&cfg, &before, &after),
+            diff: super::unified_diff(&cfg, &before, &after),
             note: format!("{how}; every root= verified stable"),
         });
     }

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use super::{record, skipped, FixError, Guest};
-use crate::report::{FileChange, FixRecord};
+use super::{FileChange, FixRecord};
 
 const STEP: &str = "uefi-fallback";
 const ESP_EFI: &str = "/boot/efi/EFI";
