@@ -7,6 +7,7 @@
 pub mod fstab;
 pub mod fstab_apply;
 pub mod grub;
+pub mod grub_apply;
 pub mod initramfs;
 pub mod network;
 pub mod record;
@@ -206,7 +207,7 @@ pub fn apply_all(
         records.push(skipped("initramfs", "disabled"));
     }
     if plan.update_grub {
-        records.push(grub::run(guest, plan.regenerate_grub, warnings)?);
+        records.push(grub_apply::run(guest, plan.regenerate_grub, warnings)?);
         records.push(uefi_fallback::run(guest)?);
     } else {
         records.push(skipped("grub", "disabled"));
