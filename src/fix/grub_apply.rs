@@ -116,11 +116,18 @@ pub fn run(
     let (after, how) = match mkconfig {
         Some(mkconfig) if regenerate || !patch_suffices => {
             // os-prober would scan the appliance's disks and add entries for them.
-            let cmd = format!("GRUB_DISABLE_OS_PROBER=true {mkconfig} -o {cfg}");
+            // An argv, not a shell line: `cfg` may come from a guest directory name.
+            let argv = [
+                "env",
+                "GRUB_DISABLE_OS_PROBER=true",
+                mkconfig.as_str(),
+                "-o",
+                cfg.as_str(),
+            ];
             log::info!("regenerating {cfg} with {mkconfig}");
-            guest.g.sh(&cmd).map_err(|e| FixError::Failed {
+            guest.g.command(&argv).map_err(|e| FixError::Failed {
                 step: STEP,
-                message: format!("`{cmd}` failed: {}", e.message),
+                message: format!("`{}` failed: {}", argv[1..].join(" "), e.message),
             })?;
             let mut text = guest.g.read_to_string(&cfg).map_err(Guest::err(STEP))?;
             // grub-mkconfig in the appliance may still write the appliance's device name (e.g.

@@ -104,7 +104,8 @@ pub fn run(guest: &Guest) -> Result<FixRecord, FixError> {
         .unwrap_or_else(|| "BOOT".into());
     let boot_path = format!("{ESP_EFI}/{boot_dir}");
     if !g.is_dir(&boot_path).unwrap_or(false) {
-        g.sh(&format!("mkdir -p '{boot_path}'"))
+        // An argv, not a shell line: the directory name comes from the guest's ESP.
+        g.command(&["mkdir", "-p", boot_path.as_str()])
             .map_err(Guest::err(STEP))?;
     }
     let mut files = Vec::new();
