@@ -77,18 +77,45 @@ pub struct Kernel {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Bootloader {
-    /// "grub2", "grub-legacy", "systemd-boot" or "unknown".
-    pub kind: String,
+    pub kind: BootloaderKind,
     /// Path of the generated configuration inside the guest, when there is one.
     pub config: Option<String>,
     /// Boot Loader Specification entries in /boot/loader/entries.
     pub bls: bool,
 }
 
+/// Which bootloader the guest has; serialized as "grub2", "grub-legacy", "systemd-boot" or
+/// "unknown".
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootloaderKind {
+    Grub2,
+    GrubLegacy,
+    SystemdBoot,
+    Unknown,
+}
+
+impl BootloaderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootloaderKind::Grub2 => "grub2",
+            BootloaderKind::GrubLegacy => "grub-legacy",
+            BootloaderKind::SystemdBoot => "systemd-boot",
+            BootloaderKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for BootloaderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Firmware {
-    /// "bios" or "uefi".
-    pub kind: String,
+    /// Serialized as "bios" or "uefi".
+    pub kind: crate::plan::Firmware,
     /// Why: "ESP partition /dev/sda1", "/boot/efi in fstab", "no ESP".
     pub evidence: String,
 }
@@ -389,7 +416,7 @@ fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
     for cfg in ["/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"] {
         if g.is_file(cfg)? {
             return Ok(Bootloader {
-                kind: "grub2".into(),
+                kind: BootloaderKind::Grub2,
                 config: Some(cfg.into()),
                 bls,
             });
@@ -402,7 +429,7 @@ fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
         .next()
     {
         return Ok(Bootloader {
-            kind: "grub2".into(),
+            kind: BootloaderKind::Grub2,
             config: Some(cfg),
             bls,
         });
@@ -410,7 +437,7 @@ fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
     for cfg in ["/boot/grub/menu.lst", "/boot/grub/grub.conf"] {
         if g.is_file(cfg)? {
             return Ok(Bootloader {
-                kind: "grub-legacy".into(),
+                kind: BootloaderKind::GrubLegacy,
                 config: Some(cfg.into()),
                 bls,
             });
@@ -423,14 +450,14 @@ fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
     ] {
         if g.is_file(cfg)? {
             return Ok(Bootloader {
-                kind: "systemd-boot".into(),
+                kind: BootloaderKind::SystemdBoot,
                 config: Some(cfg.into()),
                 bls,
             });
         }
     }
     Ok(Bootloader {
-        kind: "unknown".into(),
+        kind: BootloaderKind::Unknown,
         config: None,
         bls,
     })
@@ -444,7 +471,7 @@ fn detect_firmware(g: &Guestfs, mountpoints: &[Mountpoint]) -> Result<Firmware, 
             .any(|(k, v)| k == "PART_ENTRY_TYPE" && v.eq_ignore_ascii_case(ESP_GPT_TYPE))
         {
             return Ok(Firmware {
-                kind: "uefi".into(),
+                kind: crate::plan::Firmware::Uefi,
                 evidence: format!("EFI system partition {p}"),
             });
         }
@@ -454,12 +481,12 @@ fn detect_firmware(g: &Guestfs, mountpoints: &[Mountpoint]) -> Result<Firmware, 
         .find(|m| m.mountpoint == "/boot/efi" || m.mountpoint == "/efi")
     {
         return Ok(Firmware {
-            kind: "uefi".into(),
+            kind: crate::plan::Firmware::Uefi,
             evidence: format!("{} mounted from {}", m.mountpoint, m.device),
         });
     }
     Ok(Firmware {
-        kind: "bios".into(),
+        kind: crate::plan::Firmware::Bios,
         evidence: "no EFI system partition".into(),
     })
 }
@@ -541,5 +568,23 @@ mod tests {
         let c = initramfs_candidates("6.1.0-18-amd64");
         assert_eq!(c[0], "/boot/initrd.img-6.1.0-18-amd64");
         assert_eq!(c[1], "/boot/initramfs-6.1.0-18-amd64.img");
+    }
+
+    #[test]
+    fn bootloader_and_firmware_kinds_serialize_as_before() {
+        for k in [
+            BootloaderKind::Grub2,
+            BootloaderKind::GrubLegacy,
+            BootloaderKind::SystemdBoot,
+            BootloaderKind::Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(k.to_string(), k.as_str());
+        }
+        let fw = Firmware {
+            kind: crate::plan::Firmware::Uefi,
+            evidence: String::new(),
+        };
+        assert_eq!(serde_json::to_value(&fw).unwrap()["kind"], "uefi");
     }
 }

@@ -5,6 +5,7 @@ use super::grub::*;
 use super::text::Rewrite;
 use super::{record, skipped, FixError, Guest};
 use super::{FileChange, FixRecord};
+use crate::inspect::BootloaderKind;
 
 const STEP: &str = "grub";
 
@@ -54,7 +55,7 @@ pub fn run(
     let resolve = |dev: &str| super::fstab_apply::resolve_uuid(guest, dev);
     let mut files: Vec<FileChange> = Vec::new();
 
-    if bl.kind == "grub-legacy" {
+    if bl.kind == BootloaderKind::GrubLegacy {
         let cfg = bl
             .config
             .clone()
@@ -69,7 +70,7 @@ pub fn run(
             format!("patched kernel lines in {cfg} (GRUB legacy has no generator)"),
         ));
     }
-    if bl.kind != "grub2" {
+    if bl.kind != BootloaderKind::Grub2 {
         return Ok(skipped(
             STEP,
             &format!("bootloader is {}; only GRUB is handled", bl.kind),

@@ -70,7 +70,7 @@ pub fn plan_copies(dirs: &[(String, Vec<String>)]) -> Vec<Copy> {
 
 pub fn run(guest: &Guest) -> Result<FixRecord, FixError> {
     let started = Instant::now();
-    if guest.os.firmware.kind != "uefi" {
+    if guest.os.firmware.kind != crate::plan::Firmware::Uefi {
         return Ok(skipped(STEP, "BIOS guest"));
     }
     let g = guest.g;
