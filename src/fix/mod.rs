@@ -10,6 +10,8 @@ pub mod grub;
 pub mod grub_apply;
 pub mod initramfs;
 pub mod network;
+#[cfg(test)]
+mod proptests;
 pub mod record;
 pub mod text;
 pub mod uefi_fallback;
