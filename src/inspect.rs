@@ -5,7 +5,7 @@
 
 use std::cmp::Ordering;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::guestfs::{Guestfs, GuestfsError};
 
@@ -20,7 +20,7 @@ pub enum InspectError {
 }
 
 /// Everything h2k-guest knows about one operating system on the disk.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OsInfo {
     pub root: String,
     #[serde(rename = "type")]
@@ -46,13 +46,13 @@ pub struct OsInfo {
     pub virtio_blk_in_default_initramfs: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Mountpoint {
     pub mountpoint: String,
     pub device: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Filesystem {
     pub device: String,
     #[serde(rename = "type")]
@@ -61,7 +61,7 @@ pub struct Filesystem {
     pub label: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Kernel {
     pub version: String,
     pub vmlinuz: String,
@@ -75,7 +75,7 @@ pub struct Kernel {
     pub initramfs_listed_by: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Bootloader {
     pub kind: BootloaderKind,
     /// Path of the generated configuration inside the guest, when there is one.
@@ -86,7 +86,7 @@ pub struct Bootloader {
 
 /// Which bootloader the guest has; serialized as "grub2", "grub-legacy", "systemd-boot" or
 /// "unknown".
-#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootloaderKind {
     Grub2,
@@ -112,7 +112,7 @@ impl std::fmt::Display for BootloaderKind {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Firmware {
     /// Serialized as "bios" or "uefi".
     pub kind: crate::plan::Firmware,
@@ -120,7 +120,7 @@ pub struct Firmware {
     pub evidence: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum InitramfsTool {
     InitramfsTools,

@@ -12,7 +12,7 @@ use crate::plan::Plan;
 
 pub use crate::util::now_rfc3339;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageTiming {
     pub stage: String,
     pub started_at: String,
