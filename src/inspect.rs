@@ -5,7 +5,7 @@
 
 use std::cmp::Ordering;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::guestfs::{Guestfs, GuestfsError};
 
@@ -20,7 +20,7 @@ pub enum InspectError {
 }
 
 /// Everything h2k-guest knows about one operating system on the disk.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OsInfo {
     pub root: String,
     #[serde(rename = "type")]
@@ -46,13 +46,13 @@ pub struct OsInfo {
     pub virtio_blk_in_default_initramfs: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Mountpoint {
     pub mountpoint: String,
     pub device: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Filesystem {
     pub device: String,
     #[serde(rename = "type")]
@@ -61,7 +61,7 @@ pub struct Filesystem {
     pub label: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Kernel {
     pub version: String,
     pub vmlinuz: String,
@@ -75,25 +75,52 @@ pub struct Kernel {
     pub initramfs_listed_by: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Bootloader {
-    /// "grub2", "grub-legacy", "systemd-boot" or "unknown".
-    pub kind: String,
+    pub kind: BootloaderKind,
     /// Path of the generated configuration inside the guest, when there is one.
     pub config: Option<String>,
     /// Boot Loader Specification entries in /boot/loader/entries.
     pub bls: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// Which bootloader the guest has; serialized as "grub2", "grub-legacy", "systemd-boot" or
+/// "unknown".
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootloaderKind {
+    Grub2,
+    GrubLegacy,
+    SystemdBoot,
+    Unknown,
+}
+
+impl BootloaderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootloaderKind::Grub2 => "grub2",
+            BootloaderKind::GrubLegacy => "grub-legacy",
+            BootloaderKind::SystemdBoot => "systemd-boot",
+            BootloaderKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for BootloaderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Firmware {
-    /// "bios" or "uefi".
-    pub kind: String,
+    /// Serialized as "bios" or "uefi".
+    pub kind: crate::plan::Firmware,
     /// Why: "ESP partition /dev/sda1", "/boot/efi in fstab", "no ESP".
     pub evidence: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum InitramfsTool {
     InitramfsTools,
@@ -154,8 +181,7 @@ pub fn resolved_mountpoints(
             if known(&dev) {
                 return (mp, dev);
             }
-            match crate::fix::fstab::appliance_device_for(&dev, disks.disk_count)
-                .filter(|d| known(d))
+            match crate::devices::appliance_device_for(&dev, disks.disk_count).filter(|d| known(d))
             {
                 Some(resolved) => (mp, resolved),
                 None => (mp, dev),
@@ -390,7 +416,7 @@ fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
     for cfg in ["/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"] {
         if g.is_file(cfg)? {
             return Ok(Bootloader {
-                kind: "grub2".into(),
+                kind: BootloaderKind::Grub2,
                 config: Some(cfg.into()),
                 bls,
             });
@@ -403,7 +429,7 @@ fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
         .next()
     {
         return Ok(Bootloader {
-            kind: "grub2".into(),
+            kind: BootloaderKind::Grub2,
             config: Some(cfg),
             bls,
         });
@@ -411,7 +437,7 @@ fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
     for cfg in ["/boot/grub/menu.lst", "/boot/grub/grub.conf"] {
         if g.is_file(cfg)? {
             return Ok(Bootloader {
-                kind: "grub-legacy".into(),
+                kind: BootloaderKind::GrubLegacy,
                 config: Some(cfg.into()),
                 bls,
             });
@@ -424,14 +450,14 @@ fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
     ] {
         if g.is_file(cfg)? {
             return Ok(Bootloader {
-                kind: "systemd-boot".into(),
+                kind: BootloaderKind::SystemdBoot,
                 config: Some(cfg.into()),
                 bls,
             });
         }
     }
     Ok(Bootloader {
-        kind: "unknown".into(),
+        kind: BootloaderKind::Unknown,
         config: None,
         bls,
     })
@@ -445,7 +471,7 @@ fn detect_firmware(g: &Guestfs, mountpoints: &[Mountpoint]) -> Result<Firmware, 
             .any(|(k, v)| k == "PART_ENTRY_TYPE" && v.eq_ignore_ascii_case(ESP_GPT_TYPE))
         {
             return Ok(Firmware {
-                kind: "uefi".into(),
+                kind: crate::plan::Firmware::Uefi,
                 evidence: format!("EFI system partition {p}"),
             });
         }
@@ -455,12 +481,12 @@ fn detect_firmware(g: &Guestfs, mountpoints: &[Mountpoint]) -> Result<Firmware, 
         .find(|m| m.mountpoint == "/boot/efi" || m.mountpoint == "/efi")
     {
         return Ok(Firmware {
-            kind: "uefi".into(),
+            kind: crate::plan::Firmware::Uefi,
             evidence: format!("{} mounted from {}", m.mountpoint, m.device),
         });
     }
     Ok(Firmware {
-        kind: "bios".into(),
+        kind: crate::plan::Firmware::Bios,
         evidence: "no EFI system partition".into(),
     })
 }
@@ -542,5 +568,23 @@ mod tests {
         let c = initramfs_candidates("6.1.0-18-amd64");
         assert_eq!(c[0], "/boot/initrd.img-6.1.0-18-amd64");
         assert_eq!(c[1], "/boot/initramfs-6.1.0-18-amd64.img");
+    }
+
+    #[test]
+    fn bootloader_and_firmware_kinds_serialize_as_before() {
+        for k in [
+            BootloaderKind::Grub2,
+            BootloaderKind::GrubLegacy,
+            BootloaderKind::SystemdBoot,
+            BootloaderKind::Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(k.to_string(), k.as_str());
+        }
+        let fw = Firmware {
+            kind: crate::plan::Firmware::Uefi,
+            evidence: String::new(),
+        };
+        assert_eq!(serde_json::to_value(&fw).unwrap()["kind"], "uefi");
     }
 }

@@ -29,10 +29,12 @@ pub struct InspectReport {
     pub warnings: Vec<String>,
 }
 
+/// Inspect `disk`; `quiet` hides the appliance spinner (as `--quiet` asks).
 pub fn inspect_disk(
     disk: &str,
     format: Option<&str>,
     opts: &ApplianceOptions,
+    quiet: bool,
 ) -> Result<InspectReport, InspectCmdError> {
     let source = Source::parse(disk);
     let info = load::probe(&source, format)?;
@@ -57,7 +59,7 @@ pub fn inspect_disk(
         }
         _ => drive_for(&info, true),
     };
-    let spinner = crate::progress::Spinner::new("starting the libguestfs appliance", false);
+    let spinner = crate::progress::Spinner::new("starting the libguestfs appliance", quiet);
     let app = Appliance::launch(&[drive], opts).map_err(|cause| InspectCmdError::Appliance {
         disk: disk.into(),
         cause,

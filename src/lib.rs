@@ -10,6 +10,7 @@ pub mod accel;
 pub mod appliance;
 pub mod convert;
 pub mod daemon;
+pub mod devices;
 pub mod fix;
 pub mod guestfs;
 pub mod initramfs_image;

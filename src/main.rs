@@ -220,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
                 &disk,
                 format.as_deref(),
                 &appliance_options(&cli.global),
+                cli.global.quiet,
             )?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);

@@ -536,7 +536,7 @@ fn validate_outputs(
             let summary = outcome.summary();
             report
                 .validation
-                .push(serde_json::to_value(&outcome).unwrap_or_default());
+                .push(crate::report::ValidationRecord::from(&outcome));
             if !booted {
                 return Err(PipelineError::Validate(summary));
             }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::inspect::OsInfo;
 use crate::load::SourceInfo;
@@ -12,7 +12,7 @@ use crate::plan::Plan;
 
 pub use crate::util::now_rfc3339;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageTiming {
     pub stage: String,
     pub started_at: String,
@@ -21,32 +21,7 @@ pub struct StageTiming {
     pub ok: bool,
 }
 
-/// One changed guest file.
-#[derive(Debug, Clone, Serialize)]
-pub struct FileChange {
-    pub path: String,
-    /// Unified diff of the old and new text ("" for binary files such as an initramfs).
-    pub diff: String,
-    pub note: String,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum FixStatus {
-    Changed,
-    Unchanged,
-    Skipped,
-}
-
-/// The outcome of one fix step (fstab, grub, initramfs, …).
-#[derive(Debug, Clone, Serialize)]
-pub struct FixRecord {
-    pub name: String,
-    pub status: FixStatus,
-    pub summary: String,
-    pub files: Vec<FileChange>,
-    pub seconds: f64,
-}
+pub use crate::fix::record::{unified_diff, FileChange, FixRecord, FixStatus};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplianceRecord {
@@ -85,7 +60,7 @@ pub struct Report {
     pub git_commit: String,
     pub libguestfs_version: String,
     pub job: String,
-    pub status: String,
+    pub status: JobStatus,
     pub error: Option<String>,
     pub failed_stage: Option<String>,
     pub started_at: String,
@@ -98,10 +73,70 @@ pub struct Report {
     pub timeline: Vec<StageTiming>,
     pub fixes: Vec<FixRecord>,
     pub outputs: Vec<OutputRecord>,
-    pub validation: Vec<serde_json::Value>,
+    pub validation: Vec<ValidationRecord>,
     pub warnings: Vec<String>,
     #[serde(skip)]
     start: Option<Instant>,
+    /// The path [`Report::write_new`] was last asked for and the file it wrote for it (the
+    /// only file it may replace).
+    #[serde(skip)]
+    written_to: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where the job stands, as the report's `status` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Running,
+    Success,
+    Failed,
+}
+
+/// One boot check of an output, as the report's `validation` entries carry it (the fields
+/// of [`crate::validate::BootOutcome`], enums as their names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationRecord {
+    pub image: String,
+    pub format: String,
+    pub bus: String,
+    pub firmware: crate::plan::Firmware,
+    pub firmware_reason: String,
+    pub accel: String,
+    pub accel_reason: String,
+    pub booted: bool,
+    pub stage: String,
+    pub seconds_to_login: Option<f64>,
+    pub login_prompt: Option<String>,
+    /// The failure as validate describes it (kind, reason and its details).
+    pub failure: Option<serde_json::Value>,
+    pub seconds: f64,
+    pub console_log: Option<PathBuf>,
+    pub last_console_lines: Vec<String>,
+}
+
+impl From<&crate::validate::BootOutcome> for ValidationRecord {
+    fn from(outcome: &crate::validate::BootOutcome) -> Self {
+        // The enums' names are their serde names; going through JSON keeps them identical
+        // to what the report wrote when it stored the outcome as is.
+        let record = serde_json::to_value(outcome).and_then(serde_json::from_value);
+        record.unwrap_or_else(|e| ValidationRecord {
+            image: outcome.image.clone(),
+            format: outcome.format.clone(),
+            bus: outcome.bus.to_string(),
+            firmware: outcome.firmware,
+            firmware_reason: outcome.firmware_reason.clone(),
+            accel: outcome.accel.to_string(),
+            accel_reason: outcome.accel_reason.clone(),
+            booted: outcome.booted,
+            stage: format!("{:?}", outcome.stage).to_lowercase(),
+            seconds_to_login: outcome.seconds_to_login,
+            login_prompt: outcome.login_prompt.clone(),
+            failure: Some(serde_json::Value::String(format!("unrecorded: {e}"))),
+            seconds: outcome.seconds,
+            console_log: outcome.console_log.clone(),
+            last_console_lines: outcome.last_console_lines.clone(),
+        })
+    }
 }
 
 impl Report {
@@ -112,7 +147,7 @@ impl Report {
             git_commit: crate::version::GIT_COMMIT.into(),
             libguestfs_version: crate::version::LIBGUESTFS.into(),
             job: plan.job_name.clone(),
-            status: "running".into(),
+            status: JobStatus::Running,
             error: None,
             failed_stage: None,
             started_at: now_rfc3339(),
@@ -128,6 +163,7 @@ impl Report {
             validation: Vec::new(),
             warnings: plan.warnings.clone(),
             start: Some(Instant::now()),
+            written_to: None,
         }
     }
 
@@ -163,20 +199,74 @@ impl Report {
             .map(|s| s.elapsed().as_secs_f64())
             .unwrap_or_default();
         match error {
-            None => self.status = "success".into(),
+            None => self.status = JobStatus::Success,
             Some((stage, message)) => {
-                self.status = "failed".into();
+                self.status = JobStatus::Failed;
                 self.failed_stage = Some(stage);
                 self.error = Some(message);
             }
         }
     }
 
-    /// Write the report atomically (temp file + rename) so a reader never sees half a report.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        write_atomic(path, &json)
+    /// [`Report::write_new`] for callers that do not need the path written.
+    pub fn write(&mut self, path: &Path) -> std::io::Result<()> {
+        self.write_new(path).map(|_| ())
     }
+
+    /// Write the report atomically (temp file + rename, so a reader never sees half a
+    /// report) without ever replacing a file this report did not write itself. Returns the
+    /// path written:
+    /// - the file this report wrote when it was asked for `path` before (replaced: a failure
+    ///   after a first write updates its own report, wherever that went);
+    /// - `path`, when nothing was there;
+    /// - otherwise `path` is left untouched (an earlier run's report, or any file given with
+    ///   `--report`) and the report goes beside it as `NAME.N.json` (`NAME` is `path` without
+    ///   its `.json`; the first free `N` from 1), which is returned.
+    ///
+    /// The no-clobber check and the write are one step (a hard link of the synced temp file),
+    /// so a file appearing meanwhile is not replaced either.
+    pub fn write_new(&mut self, path: &Path) -> std::io::Result<PathBuf> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        if let Some((asked, written)) = &self.written_to {
+            if asked == path {
+                crate::util::write_atomic(written, &json)?;
+                return Ok(written.clone());
+            }
+        }
+        for n in 0..1000u32 {
+            let candidate = if n == 0 {
+                path.to_path_buf()
+            } else {
+                numbered_beside(path, n)
+            };
+            let tmp = crate::util::synced_temp_beside(&candidate, &json)?;
+            match tmp.persist_noclobber(&candidate) {
+                Ok(_) => {
+                    self.written_to = Some((path.to_path_buf(), candidate.clone()));
+                    return Ok(candidate);
+                }
+                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e.error),
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} and 999 numbered reports beside it exist",
+                path.display()
+            ),
+        ))
+    }
+}
+
+/// `dir/job.report.json` → `dir/job.report.N.json`.
+fn numbered_beside(path: &Path, n: u32) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".json").unwrap_or(&name);
+    path.with_file_name(format!("{stem}.{n}.json"))
 }
 
 /// The few lines `h2k-guest fix` prints when a job succeeds.
@@ -203,10 +293,7 @@ pub fn summary(r: &Report) -> String {
     );
     for f in &r.fixes {
         let files: Vec<&str> = f.files.iter().map(|c| c.path.as_str()).collect();
-        let status = serde_json::to_value(f.status)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
+        let status = f.status.as_str();
         o += &format!(
             "fix {:<13} {:<9} {}{}\n",
             f.name,
@@ -235,43 +322,16 @@ pub fn summary(r: &Report) -> String {
 
 pub use crate::util::{synced_temp_beside, write_atomic};
 
-/// A unified diff between two versions of a guest file.
-pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
-    similar::TextDiff::from_lines(old, new)
-        .unified_diff()
-        .context_radius(2)
-        .header(&format!("a{path}"), &format!("b{path}"))
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn diff_names_the_file_and_shows_the_change() {
-        let d = unified_diff(
-            "/etc/fstab",
-            "/dev/sda1 / ext4 defaults 0 1\n",
-            "UUID=abc / ext4 defaults 0 1\n",
-        );
-        assert!(d.contains("--- a/etc/fstab"), "{d}");
-        assert!(d.contains("+++ b/etc/fstab"), "{d}");
-        assert!(d.contains("-/dev/sda1 / ext4"), "{d}");
-        assert!(d.contains("+UUID=abc / ext4"), "{d}");
-    }
-
-    #[test]
-    fn identical_text_gives_an_empty_diff() {
-        assert_eq!(unified_diff("/etc/x", "a\n", "a\n"), "");
-    }
-
-    #[test]
     fn atomic_write_replaces_whole_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.json");
-        write_atomic(&p, b"first").unwrap();
-        write_atomic(&p, b"second").unwrap();
+        crate::util::write_atomic(&p, b"first").unwrap();
+        crate::util::write_atomic(&p, b"second").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"second");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -279,5 +339,66 @@ mod tests {
             .filter(|e| e.file_name() != "r.json")
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    fn report() -> Report {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("d.vmdk");
+        std::fs::write(&disk, b"").unwrap();
+        let manifest = dir.path().join("m.json");
+        let text = format!(
+            r#"{{"version": "1.0", "pipeline": {{"load": {{"source_path": "{}"}}}}}}"#,
+            disk.display()
+        );
+        std::fs::write(&manifest, text).unwrap();
+        let plan = crate::manifest::load_manifest(&manifest, Some(dir.path())).unwrap();
+        Report::new(&plan)
+    }
+
+    #[test]
+    fn write_new_never_replaces_a_file_it_did_not_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("job.report.json");
+        std::fs::write(&p, b"earlier good run").unwrap();
+        let mut r = report();
+        let written = r.write_new(&p).unwrap();
+        assert_eq!(written, dir.path().join("job.report.1.json"));
+        assert_eq!(std::fs::read(&p).unwrap(), b"earlier good run");
+        // Its own file is rewritten in place on the next write.
+        r.finish(Some(("fix".into(), "boom".into())));
+        assert_eq!(r.write_new(&p).unwrap(), written);
+        let back: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
+        assert_eq!(back["status"], "failed");
+        // Another report does not take the numbered one either.
+        assert_eq!(
+            report().write_new(&p).unwrap(),
+            dir.path().join("job.report.2.json")
+        );
+    }
+
+    #[test]
+    fn write_new_writes_the_path_when_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        let mut r = report();
+        assert_eq!(r.write_new(&p).unwrap(), p);
+        r.finish(None);
+        r.write(&p).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(back["status"], "success");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn job_status_serializes_as_before() {
+        for (s, name) in [
+            (JobStatus::Running, "running"),
+            (JobStatus::Success, "success"),
+            (JobStatus::Failed, "failed"),
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), name);
+            assert_eq!(serde_json::from_value::<JobStatus>(name.into()).unwrap(), s);
+        }
     }
 }

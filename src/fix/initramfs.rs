@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use super::{record, skipped, FixError, Guest};
+use super::{FileChange, FixRecord};
 use crate::inspect::{self, InitramfsTool, Kernel};
-use crate::report::{FileChange, FixRecord};
 
 /// Drivers that must be in the initramfs for a virtio disk and NIC.
 pub const REQUIRED: &[&str] = &["virtio_blk", "virtio_scsi", "virtio_pci", "virtio_net"];
@@ -171,7 +171,7 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
                     .map_err(Guest::err(STEP))?;
                 files.push(FileChange {
                     path: DRACUT_CONF.into(),
-                    diff: crate::report::unified_diff(DRACUT_CONF, &old, &conf),
+                    diff: super::unified_diff(DRACUT_CONF, &old, &conf),
                     note: "virtio drivers kept in future dracut images".into(),
                 });
             }

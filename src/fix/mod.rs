@@ -5,9 +5,15 @@
 //! guest's own binaries (grub-mkconfig, update-initramfs, dracut) run chrooted in it.
 
 pub mod fstab;
+pub mod fstab_apply;
 pub mod grub;
+pub mod grub_apply;
 pub mod initramfs;
 pub mod network;
+#[cfg(test)]
+mod proptests;
+pub mod record;
+pub mod text;
 pub mod uefi_fallback;
 pub mod vmware_tools;
 
@@ -15,7 +21,7 @@ use std::time::Instant;
 
 use crate::guestfs::{Guestfs, GuestfsError};
 use crate::inspect::OsInfo;
-use crate::report::{unified_diff, FileChange, FixRecord, FixStatus};
+pub use record::{unified_diff, FileChange, FixRecord, FixStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FixError {
@@ -62,7 +68,7 @@ impl Guest<'_> {
         self.edit_file_noted(step, path, |old| (transform(old), note.to_string()))
     }
 
-    /// [`Guest::edit_file`] for the pure transforms that return a [`fstab::Rewrite`]: its
+    /// [`Guest::edit_file`] for the pure transforms that return a [`text::Rewrite`]: its
     /// warnings are added to `warnings` (prefixed with the path) and its changes become the
     /// note. The file is read once.
     pub fn rewrite_file(
@@ -70,7 +76,7 @@ impl Guest<'_> {
         step: &'static str,
         path: &str,
         warnings: &mut Vec<String>,
-        transform: impl FnOnce(&str) -> fstab::Rewrite,
+        transform: impl FnOnce(&str) -> text::Rewrite,
     ) -> Result<Option<FileChange>, FixError> {
         self.edit_file_noted(step, path, |old| {
             let rewrite = transform(old);
@@ -196,14 +202,14 @@ pub fn apply_all(
         records.push(skipped("fix", "fix stage disabled"));
         return Ok(records);
     }
-    records.push(fstab::run(guest, plan.fstab_mode, warnings)?);
+    records.push(fstab_apply::run(guest, plan.fstab_mode, warnings)?);
     if plan.initramfs {
         records.push(initramfs::run(guest, plan.force_initramfs, warnings)?);
     } else {
         records.push(skipped("initramfs", "disabled"));
     }
     if plan.update_grub {
-        records.push(grub::run(guest, plan.regenerate_grub, warnings)?);
+        records.push(grub_apply::run(guest, plan.regenerate_grub, warnings)?);
         records.push(uefi_fallback::run(guest)?);
     } else {
         records.push(skipped("grub", "disabled"));

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use super::{record, FixError, Guest};
-use crate::report::{FileChange, FixRecord};
+use super::{FileChange, FixRecord};
 
 const STEP: &str = "network";
 

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use super::{record, skipped, FixError, Guest};
-use crate::report::{FileChange, FixRecord};
+use super::{FileChange, FixRecord};
 
 const STEP: &str = "uefi-fallback";
 const ESP_EFI: &str = "/boot/efi/EFI";
@@ -70,7 +70,7 @@ pub fn plan_copies(dirs: &[(String, Vec<String>)]) -> Vec<Copy> {
 
 pub fn run(guest: &Guest) -> Result<FixRecord, FixError> {
     let started = Instant::now();
-    if guest.os.firmware.kind != "uefi" {
+    if guest.os.firmware.kind != crate::plan::Firmware::Uefi {
         return Ok(skipped(STEP, "BIOS guest"));
     }
     let g = guest.g;
@@ -104,7 +104,8 @@ pub fn run(guest: &Guest) -> Result<FixRecord, FixError> {
         .unwrap_or_else(|| "BOOT".into());
     let boot_path = format!("{ESP_EFI}/{boot_dir}");
     if !g.is_dir(&boot_path).unwrap_or(false) {
-        g.sh(&format!("mkdir -p '{boot_path}'"))
+        // An argv, not a shell line: the directory name comes from the guest's ESP.
+        g.command(&["mkdir", "-p", boot_path.as_str()])
             .map_err(Guest::err(STEP))?;
     }
     let mut files = Vec::new();

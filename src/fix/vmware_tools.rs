@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::{record, skipped, FixError, Guest};
-use crate::report::{FileChange, FixRecord};
+use super::{FileChange, FixRecord};
 
 const STEP: &str = "vmware-tools";
 

@@ -1,0 +1,131 @@
+//! Property tests of the pure transforms that read untrusted guest text: whatever the guest
+//! wrote, they never panic, applying one twice equals applying it once, line structure is
+//! kept, and lines that name no device (comments included) come out byte for byte.
+
+use proptest::prelude::*;
+
+use super::fstab::{rewrite_crypttab, rewrite_fstab, DeviceMap, FstabMode};
+use super::grub::{rewrite_bls_entry, rewrite_default_grub, rewrite_grub_cfg_cmdlines};
+use super::text::Rewrite;
+
+const UUID: &str = "1b2c3d4e-0000-4000-8000-000000000001";
+
+/// Fragments real files are made of, mixed with arbitrary text.
+fn line() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("/dev/sda1".to_string()),
+        Just("/dev/sdb".to_string()),
+        Just("/dev/disk/by-path/pci-0000:03:00.0-scsi-0:0:0:0-part1".to_string()),
+        Just("/dev/disk/by-id/scsi-36000c29-part2".to_string()),
+        Just("/dev/nvme0n1p3".to_string()),
+        Just(format!("UUID={UUID}")),
+        Just("/".to_string()),
+        Just("/boot".to_string()),
+        Just("swap".to_string()),
+        Just("ext4".to_string()),
+        Just("defaults".to_string()),
+        Just("root=/dev/sda1".to_string()),
+        Just("resume=/dev/sda2".to_string()),
+        Just("GRUB_CMDLINE_LINUX=\"".to_string()),
+        Just("GRUB_CMDLINE_LINUX_DEFAULT='".to_string()),
+        Just("GRUB_DISABLE_LINUX_UUID=true".to_string()),
+        Just("options".to_string()),
+        Just("linux".to_string()),
+        Just("\"".to_string()),
+        Just("'".to_string()),
+        Just("#".to_string()),
+        Just("none".to_string()),
+        "[ \t]{0,2}".prop_map(String::from),
+        "\\PC{0,12}".prop_map(String::from),
+    ];
+    prop::collection::vec(piece, 0..8).prop_map(|p| p.join(" "))
+}
+
+fn text() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec((line(), any::<bool>()), 0..10),
+        any::<bool>(),
+    )
+        .prop_map(|(lines, last_newline)| {
+            let mut t = String::new();
+            for (l, crlf) in &lines {
+                t.push_str(l.replace(['\n', '\r'], " ").as_str());
+                t.push_str(if *crlf { "\r\n" } else { "\n" });
+            }
+            if !last_newline && t.ends_with('\n') {
+                t.pop();
+                if t.ends_with('\r') {
+                    t.pop();
+                }
+            }
+            t
+        })
+}
+
+fn map() -> DeviceMap {
+    DeviceMap::default()
+        .with_spec("/dev/sda1", UUID)
+        .with_spec("/dev/sda2", UUID)
+        .with_spec(
+            "/dev/disk/by-path/pci-0000:03:00.0-scsi-0:0:0:0-part1",
+            UUID,
+        )
+        .with_mountpoint("/boot", UUID)
+}
+
+fn resolve(dev: &str) -> Option<String> {
+    dev.starts_with("/dev/sda").then(|| UUID.to_string())
+}
+
+/// Same number of lines; a line that names no device (and that `may_change` does not
+/// allow) is unchanged, byte for byte, comments included.
+fn check_kept(before: &str, after: &Rewrite, may_change: impl Fn(&str) -> bool) {
+    let old: Vec<&str> = before.split_inclusive('\n').collect();
+    let new: Vec<&str> = after.text.split_inclusive('\n').collect();
+    assert_eq!(old.len(), new.len(), "{before:?} → {:?}", after.text);
+    for (o, n) in old.iter().zip(&new) {
+        if !o.contains("/dev/") && !may_change(o) {
+            assert_eq!(o, n);
+        }
+        if o.trim_start().starts_with('#') {
+            assert_eq!(o, n, "comment changed");
+        }
+    }
+}
+
+fn check(before: &str, transform: impl Fn(&str) -> Rewrite, may_change: impl Fn(&str) -> bool) {
+    let once = transform(before);
+    check_kept(before, &once, may_change);
+    let twice = transform(&once.text);
+    assert_eq!(twice.text, once.text, "not idempotent on {before:?}");
+    assert!(twice.changes.is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(800))]
+
+    #[test]
+    fn fstab_rewrite_is_safe(t in text()) {
+        let m = map();
+        for mode in [FstabMode::StabilizeAll, FstabMode::BypathOnly, FstabMode::Noop] {
+            check(&t, |x| rewrite_fstab(x, mode, &m), |_| false);
+        }
+    }
+
+    #[test]
+    fn crypttab_rewrite_is_safe(t in text()) {
+        let m = map();
+        check(&t, |x| rewrite_crypttab(x, FstabMode::StabilizeAll, &m), |_| false);
+    }
+
+    #[test]
+    fn default_grub_rewrite_is_safe(t in text()) {
+        check(&t, |x| rewrite_default_grub(x, &resolve), |l| l.contains("GRUB_DISABLE_LINUX_UUID"));
+    }
+
+    #[test]
+    fn bls_and_grub_cfg_rewrites_are_safe(t in text()) {
+        check(&t, |x| rewrite_bls_entry(x, &resolve), |_| false);
+        check(&t, |x| rewrite_grub_cfg_cmdlines(x, &resolve), |_| false);
+    }
+}
