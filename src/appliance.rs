@@ -179,13 +179,21 @@ fn launch_once(
             let (done_tx, done_rx) = mpsc::channel::<()>();
             let watchdog = std::thread::spawn(move || {
                 if done_rx.recv_timeout(KVM_LAUNCH_BOUND).is_err() {
-                    for pid in qemu_children().difference(&before) {
-                        log::warn!("KVM appliance launch exceeded {KVM_LAUNCH_BOUND:?}; killing QEMU pid {pid}");
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(*pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
+                    // Children of the process module (other jobs' qemu-img, qemu-nbd, boot
+                    // checks) are never the target; the registry lock keeps new ones from
+                    // appearing unregistered while we look.
+                    crate::process::with_registry(|ours| {
+                        for pid in qemu_children()
+                            .difference(&before)
+                            .filter(|pid| !ours.contains(&(**pid as u32)))
+                        {
+                            log::warn!("KVM appliance launch exceeded {KVM_LAUNCH_BOUND:?}; killing QEMU pid {pid}");
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(*pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    });
                 }
             });
             let r = g.launch();

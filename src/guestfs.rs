@@ -164,6 +164,25 @@ unsafe extern "C" fn event_trampoline(
     array: *const u64,
     array_len: usize,
 ) {
+    // A panic must not unwind into C (that aborts the process): catch it and log it.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: as for `dispatch_event`.
+        unsafe { dispatch_event(opaque, event, buf, buf_len, array, array_len) }
+    }));
+    if caught.is_err() {
+        log::error!("a libguestfs event callback panicked; the event was dropped");
+    }
+}
+
+/// The body of [`event_trampoline`], run inside its `catch_unwind`.
+unsafe fn dispatch_event(
+    opaque: *mut c_void,
+    event: u64,
+    buf: *const c_char,
+    buf_len: usize,
+    array: *const u64,
+    array_len: usize,
+) {
     // SAFETY: opaque is the `Box<Callback>` registered in `on_event`, alive as long as the handle.
     let cb = &mut *(opaque as *mut Callback);
     let ev = event as u32;

@@ -472,6 +472,12 @@ mod tests {
         let pid = std::thread::spawn(|| {
             let child = Command::new("sleep").arg("30").spawn().unwrap();
             let pid = child.id();
+            // setpriv sets the signal just before it execs sleep; a thread that ends before
+            // that is not noticed (the kernel's rule), so wait for the exec.
+            let comm = format!("/proc/{pid}/comm");
+            while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             // Not dropped: only the parent-death signal can stop it.
             std::mem::forget(child);
             pid
