@@ -207,6 +207,11 @@ impl Command {
         })
     }
 
+    /// Run to completion capturing stdout and stderr (no time limit).
+    pub fn output(&mut self) -> Result<Output, ProcessError> {
+        self.output_with_timeout(NO_LIMIT)
+    }
+
     /// Run to completion capturing stdout and stderr; past `limit` the child's group is
     /// killed and the result is [`ProcessError::TimedOut`].
     pub fn output_with_timeout(&mut self, limit: Duration) -> Result<Output, ProcessError> {
@@ -257,6 +262,8 @@ pub struct Child {
     reaped: bool,
 }
 
+/// Long enough to mean "no limit" without overflowing an `Instant`.
+const NO_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
 impl Child {
