@@ -11,16 +11,15 @@
 //! GRUB and firmware failures — end the check early with the console line that proves it
 //! ([`Console`] is the pure parser). QEMU is killed on every path (success, failure, timeout,
 //! error, Ctrl-C/SIGTERM), runs in its own process group, and dies with us if we are killed
-//! (`setpriv --pdeathsig`); the overlay's temp directory is removed.
+//! (through [`crate::process`]); the overlay's temp directory is removed.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -31,6 +30,7 @@ use serde::Serialize;
 use crate::accel::{self, Accel, AccelChoice};
 use crate::load::{self, LoadError, Source, SourceInfo};
 use crate::plan::Firmware;
+use crate::process::{self, ProcessError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -62,6 +62,22 @@ pub enum ValidateError {
     Io { what: String, reason: String },
     #[error("{image}: boot check interrupted; QEMU stopped and its overlay removed")]
     Interrupted { image: String },
+}
+
+/// A child that could not be started or waited for; the io error alone is the reason.
+fn spawn_err(e: ProcessError) -> ValidateError {
+    match e {
+        ProcessError::Spawn { tool, source } | ProcessError::Wait { tool, source } => {
+            ValidateError::Spawn {
+                tool,
+                reason: source.to_string(),
+            }
+        }
+        ProcessError::TimedOut { ref tool, .. } => ValidateError::Spawn {
+            tool: tool.clone(),
+            reason: e.to_string(),
+        },
+    }
 }
 
 fn io_err(what: impl fmt::Display) -> impl FnOnce(std::io::Error) -> ValidateError {
@@ -132,14 +148,11 @@ pub fn check_image_as(image: &str, format: Option<&str>) -> Result<CheckOutcome,
     let source = Source::parse(image);
     let info = load::probe(&source, format)?;
     let name = source.qemu_name();
-    let out = Command::new("qemu-img")
+    let out = process::qemu_img()
         .args(["check", "-U", "--output=json", "-f", &info.format])
         .arg(&name)
         .output()
-        .map_err(|e| ValidateError::Spawn {
-            tool: "qemu-img".into(),
-            reason: e.to_string(),
-        })?;
+        .map_err(spawn_err)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Exit status 63: the format does not support checks.
     if out.status.code() == Some(63) || stderr.contains("does not support checks") {
@@ -161,11 +174,7 @@ pub fn check_image_as(image: &str, format: Option<&str>) -> Result<CheckOutcome,
     // 0 clean, 2 corruptions, 3 leaks: all print the JSON report. 1 = the check could not run.
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
     let Some(report) = parsed.filter(|_| matches!(out.status.code(), Some(0 | 2 | 3))) else {
-        let reason = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim().trim_start_matches("qemu-img: ").to_string())
+        let reason = process::reduce_stderr(&stderr)
             .unwrap_or_else(|| format!("qemu-img exited with {}", out.status));
         return Err(ValidateError::Check {
             image: name,
@@ -1008,20 +1017,18 @@ fn read_partition_table(
     let out_path = dir.join("head.raw");
     let mut of = OsString::from("of=");
     of.push(&out_path);
-    let out = Command::new("qemu-img")
+    let out = process::qemu_img()
         .args(["dd", "-U", "-f", &info.format, "-O", "raw", "bs=512"])
         .arg(format!("count={HEAD_SECTORS}"))
         .arg(format!("if={}", source.qemu_name()))
         .arg(of)
         .output()
-        .map_err(|e| ValidateError::Spawn {
-            tool: "qemu-img".into(),
-            reason: e.to_string(),
-        })?;
+        .map_err(spawn_err)?;
     if !out.status.success() {
         return Err(ValidateError::PartitionTable {
             image: source.qemu_name(),
-            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            reason: process::reduce_stderr(&String::from_utf8_lossy(&out.stderr))
+                .unwrap_or_else(|| format!("qemu-img exited with {}", out.status)),
         });
     }
     let head = fs::read(&out_path).map_err(io_err(out_path.display()))?;
@@ -1220,20 +1227,6 @@ const KVM_EARLY_EXIT: Duration = Duration::from_secs(15);
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 const LAST_LINES: usize = 15;
 
-/// Kills QEMU and reaps it when dropped, whatever path left the wait loop.
-struct QemuProcess {
-    child: Child,
-}
-
-impl Drop for QemuProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 /// SIGINT/SIGTERM flag for callers that pass no `cancel`: installed once per process; the
 /// first signal sets it, a second one takes the default action (exit).
 fn signal_flag() -> Option<Arc<AtomicBool>> {
@@ -1248,14 +1241,6 @@ fn signal_flag() -> Option<Arc<AtomicBool>> {
         Some(flag)
     })
     .clone()
-}
-
-fn in_path(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(tool))
-            .find(|p| p.is_file())
-    })
 }
 
 /// How one QEMU run ended.
@@ -1316,33 +1301,20 @@ fn run_guest(
     File::create(&spec.serial_log).map_err(io_err(spec.serial_log.display()))?;
     let stderr = File::create(stderr_path).map_err(io_err(stderr_path.display()))?;
     let qemu = accel::qemu_system_binary();
-    if !qemu.contains('/') && in_path(&qemu).is_none() {
+    if !qemu.contains('/') && process::in_path(&qemu).is_none() {
         return Err(ValidateError::Spawn {
             tool: qemu,
             reason: "not found in PATH: install qemu-system-x86 (scripts/setup.sh does)".into(),
         });
     }
-    // setpriv --pdeathsig: QEMU dies with us even if we are killed with SIGKILL.
-    let mut cmd = match in_path("setpriv") {
-        Some(setpriv) => {
-            let mut c = Command::new(setpriv);
-            c.args(["--pdeathsig", "KILL", "--"]).arg(&qemu);
-            c
-        }
-        None => Command::new(&qemu),
-    };
+    // The process module gives QEMU its own process group (a terminal's Ctrl-C reaches us,
+    // and we stop QEMU), the parent-death signal, and the kill on every path out of here.
+    let mut cmd = process::qemu_system();
     cmd.args(qemu_args(spec))
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(stderr)
-        // Its own process group: a terminal's Ctrl-C reaches us, and we stop QEMU.
-        .process_group(0);
+        .stderr(stderr);
     log::debug!("running {cmd:?}");
-    let child = cmd.spawn().map_err(|e| ValidateError::Spawn {
-        tool: qemu.clone(),
-        reason: e.to_string(),
-    })?;
-    let mut qemu_proc = QemuProcess { child };
+    let mut qemu_proc = cmd.spawn().map_err(spawn_err)?;
     let start = Instant::now();
     let mut log = File::open(&spec.serial_log).map_err(io_err(spec.serial_log.display()))?;
     let mut console = Console::new();
@@ -1353,10 +1325,13 @@ fn run_guest(
     let secs = |t: Instant| t.duration_since(start).as_secs_f64();
 
     let ended = loop {
-        let exited: Option<ExitStatus> = qemu_proc
-            .child
-            .try_wait()
-            .map_err(io_err("waiting for QEMU"))?;
+        let exited: Option<ExitStatus> = qemu_proc.try_wait().map_err(|e| ValidateError::Io {
+            what: "waiting for QEMU".into(),
+            reason: match e {
+                ProcessError::Wait { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
+        })?;
         loop {
             let n = log
                 .read(&mut buf)
@@ -1413,12 +1388,7 @@ fn run_guest(
                 });
             }
             let text = fs::read_to_string(stderr_path).unwrap_or_default();
-            let reason = text
-                .lines()
-                .rev()
-                .map(str::trim)
-                .find(|l| !l.is_empty() && !l.starts_with("warning:"))
-                .map(|l| l.split_once(": ").map_or(l, |(_, r)| r).to_string())
+            let reason = process::reduce_stderr(&text)
                 .unwrap_or_else(|| format!("QEMU exited with {status}"));
             break Ended::QemuError {
                 reason,
