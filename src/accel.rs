@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 /// What the user asked for (`--accel`, `H2K_ACCEL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum AccelChoice {
     #[default]
     Auto,
@@ -25,14 +25,13 @@ pub enum AccelChoice {
 impl FromStr for AccelChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(AccelChoice::Auto),
-            "kvm" => Ok(AccelChoice::Kvm),
-            "tcg" => Ok(AccelChoice::Tcg),
-            other => Err(format!(
-                "unknown accelerator {other:?} (expected auto, kvm or tcg)"
-            )),
-        }
+        // For H2K_ACCEL-like callers outside clap; the same spellings as the ValueEnum.
+        <AccelChoice as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+            format!(
+                "unknown accelerator {:?} (expected auto, kvm or tcg)",
+                s.to_ascii_lowercase()
+            )
+        })
     }
 }
 

@@ -105,18 +105,22 @@ fn io_err(what: impl fmt::Display) -> impl FnOnce(std::io::Error) -> ValidateErr
 // ---------------------------------------------------------------------------------------------
 
 /// The disk controller the guest sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Bus {
     /// virtio-blk (`/dev/vda`): what the converted guest should boot on.
+    #[value(alias = "virtio-blk")]
     Virtio,
     /// virtio-scsi + scsi-hd (`/dev/sda`).
     VirtioScsi,
     /// VMware's paravirtual SCSI + scsi-hd, with a vmxnet3 NIC: the guest as it ran on VMware.
+    #[value(alias = "vmw_pvscsi")]
     Pvscsi,
     /// LSI 53C895A + scsi-hd.
+    #[value(alias = "lsi53c895a")]
     Lsi,
     /// q35's built-in AHCI (`-machine q35`).
+    #[value(alias = "ahci")]
     Sata,
 }
 
@@ -166,39 +170,34 @@ impl fmt::Display for Bus {
 impl FromStr for Bus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "virtio" | "virtio-blk" => Ok(Bus::Virtio),
-            "virtio-scsi" => Ok(Bus::VirtioScsi),
-            "pvscsi" | "vmw_pvscsi" => Ok(Bus::Pvscsi),
-            "lsi" | "lsi53c895a" => Ok(Bus::Lsi),
-            "sata" | "ahci" => Ok(Bus::Sata),
-            other => Err(format!(
-                "unknown bus {other:?} (expected virtio, virtio-scsi, pvscsi, lsi or sata)"
-            )),
-        }
+        <Bus as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+            format!(
+                "unknown bus {:?} (expected virtio, virtio-scsi, pvscsi, lsi or sata)",
+                s.to_ascii_lowercase()
+            )
+        })
     }
 }
 
 /// `--firmware`: auto picks UEFI when the disk has an EFI system partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum FirmwareChoice {
     #[default]
     Auto,
     Bios,
+    #[value(alias = "efi")]
     Uefi,
 }
 
 impl FromStr for FirmwareChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(FirmwareChoice::Auto),
-            "bios" => Ok(FirmwareChoice::Bios),
-            "uefi" | "efi" => Ok(FirmwareChoice::Uefi),
-            other => Err(format!(
-                "unknown firmware {other:?} (expected auto, bios or uefi)"
-            )),
-        }
+        <FirmwareChoice as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+            format!(
+                "unknown firmware {:?} (expected auto, bios or uefi)",
+                s.to_ascii_lowercase()
+            )
+        })
     }
 }
 
