@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use crate::accel::{Accel, AccelChoice};
@@ -75,8 +75,9 @@ pub struct Appliance {
     pub launches: u32,
 }
 
-/// Serialises KVM launches so the watchdog can tell which new QEMU child is ours.
-static KVM_LAUNCH_LOCK: Mutex<()> = Mutex::new(());
+/// A KVM launch holds it exclusively, a TCG launch shared: while the KVM watchdog runs no
+/// other appliance QEMU can appear, so the one new unregistered QEMU child is ours.
+static KVM_LAUNCH_LOCK: RwLock<()> = RwLock::new(());
 
 impl Appliance {
     pub fn launch(drives: &[Drive], opts: &ApplianceOptions) -> Result<Appliance, ApplianceError> {
@@ -172,9 +173,12 @@ fn launch_once(
             })?;
     }
     let result = match accel {
-        Accel::Tcg => g.launch(),
+        Accel::Tcg => {
+            let _shared = KVM_LAUNCH_LOCK.read().unwrap_or_else(|p| p.into_inner());
+            g.launch()
+        }
         Accel::Kvm => {
-            let _guard = KVM_LAUNCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            let _exclusive = KVM_LAUNCH_LOCK.write().unwrap_or_else(|p| p.into_inner());
             let before = qemu_children();
             let (done_tx, done_rx) = mpsc::channel::<()>();
             let watchdog = std::thread::spawn(move || {
