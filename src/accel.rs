@@ -9,12 +9,12 @@ use std::fmt;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 /// What the user asked for (`--accel`, `H2K_ACCEL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum AccelChoice {
     #[default]
     Auto,
@@ -25,14 +25,13 @@ pub enum AccelChoice {
 impl FromStr for AccelChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(AccelChoice::Auto),
-            "kvm" => Ok(AccelChoice::Kvm),
-            "tcg" => Ok(AccelChoice::Tcg),
-            other => Err(format!(
-                "unknown accelerator {other:?} (expected auto, kvm or tcg)"
-            )),
-        }
+        // For H2K_ACCEL-like callers outside clap; the same spellings as the ValueEnum.
+        <AccelChoice as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+            format!(
+                "unknown accelerator {:?} (expected auto, kvm or tcg)",
+                s.to_ascii_lowercase()
+            )
+        })
     }
 }
 
@@ -44,6 +43,24 @@ impl fmt::Display for AccelChoice {
             AccelChoice::Tcg => "tcg",
         })
     }
+}
+
+/// Why KVM is not usable (one line each; the probe cache stores the text).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KvmUnusable {
+    #[error("/dev/kvm: {0}")]
+    DevKvm(String),
+    #[error("no kernel in /boot to probe KVM with")]
+    NoKernel,
+    #[error("cannot run {tool}: {reason}")]
+    Spawn { tool: String, reason: String },
+    #[error("QEMU with KVM printed no kernel banner within {secs:.0} s")]
+    NoBanner { secs: f64 },
+    #[error("QEMU with KVM failed: {0}")]
+    QemuFailed(String),
+    /// An earlier probe's verdict, read back from the per-boot cache.
+    #[error("{0}")]
+    Cached(String),
 }
 
 /// The accelerator actually used.
@@ -108,34 +125,34 @@ fn probe_cache_path() -> PathBuf {
 }
 
 /// Ok when KVM works for QEMU on this host; Err says why not (one line).
-pub fn kvm_usable() -> Result<(), String> {
+pub fn kvm_usable() -> Result<(), KvmUnusable> {
     let cache = probe_cache_path();
     if let Ok(text) = fs::read_to_string(&cache) {
         return match text.strip_prefix("ok") {
             Some(_) => Ok(()),
-            None => Err(text.trim().to_string()),
+            None => Err(KvmUnusable::Cached(text.trim().to_string())),
         };
     }
     let result = probe_kvm();
     let line = match &result {
         Ok(()) => "ok".to_string(),
-        Err(e) => e.clone(),
+        Err(e) => e.to_string(),
     };
     // Best effort: a failed cache write only costs another probe next time.
     let _ = fs::write(&cache, line);
     result
 }
 
-fn probe_kvm() -> Result<(), String> {
+fn probe_kvm() -> Result<(), KvmUnusable> {
     if let Err(e) = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
     {
-        return Err(format!("/dev/kvm: {e}"));
+        return Err(KvmUnusable::DevKvm(e.to_string()));
     }
-    let kernel = host_kernel().ok_or("no kernel in /boot to probe KVM with")?;
-    let mut child = Command::new(qemu_system_binary())
+    let kernel = host_kernel().ok_or(KvmUnusable::NoKernel)?;
+    let mut child = crate::process::qemu_system()
         .args([
             "-accel",
             "kvm",
@@ -150,12 +167,24 @@ fn probe_kvm() -> Result<(), String> {
         .args(["-no-reboot", "-serial", "stdio", "-kernel"])
         .arg(&kernel)
         .args(["-append", "console=ttyS0 panic=-1 loglevel=8"])
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", qemu_system_binary()))?;
-    let mut stdout = child.stdout.take().expect("piped stdout");
+        .map_err(|e| KvmUnusable::Spawn {
+            tool: qemu_system_binary(),
+            reason: match e {
+                crate::process::ProcessError::Spawn { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
+        })?;
+    let mut stdout = child.take_stdout().expect("piped stdout");
+    let stderr_reader = child.take_stderr().map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -173,33 +202,24 @@ fn probe_kvm() -> Result<(), String> {
     });
     let start = Instant::now();
     let booted = rx.recv_timeout(PROBE_TIMEOUT).is_ok();
-    let _ = child.kill();
-    let output = child.wait_with_output().ok();
+    child.kill();
     if booted {
         return Ok(());
     }
-    let stderr = output
-        .map(|o| {
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default();
-    if stderr.is_empty() {
-        Err(format!(
-            "QEMU with KVM printed no kernel banner within {:.0} s",
-            start.elapsed().as_secs_f64()
-        ))
-    } else {
-        Err(format!("QEMU with KVM failed: {stderr}"))
+    let stderr = stderr_reader
+        .and_then(|r| r.join().ok())
+        .and_then(|text| crate::process::reduce_stderr(&text));
+    match stderr {
+        None => Err(KvmUnusable::NoBanner {
+            secs: start.elapsed().as_secs_f64(),
+        }),
+        Some(line) => Err(KvmUnusable::QemuFailed(line)),
     }
 }
 
-/// `qemu-system-x86_64`, or what `H2K_QEMU` names.
+/// `qemu-system-x86_64`, or what `H2K_QEMU` names (spelled in [`crate::process`]).
 pub fn qemu_system_binary() -> String {
-    std::env::var("H2K_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
+    crate::process::qemu_system_program()
 }
 
 /// The newest `/boot/vmlinuz-*`, used only by the probe.

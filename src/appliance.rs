@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use crate::accel::{Accel, AccelChoice};
@@ -75,8 +75,9 @@ pub struct Appliance {
     pub launches: u32,
 }
 
-/// Serialises KVM launches so the watchdog can tell which new QEMU child is ours.
-static KVM_LAUNCH_LOCK: Mutex<()> = Mutex::new(());
+/// A KVM launch holds it exclusively, a TCG launch shared: while the KVM watchdog runs no
+/// other appliance QEMU can appear, so the one new unregistered QEMU child is ours.
+static KVM_LAUNCH_LOCK: RwLock<()> = RwLock::new(());
 
 impl Appliance {
     pub fn launch(drives: &[Drive], opts: &ApplianceOptions) -> Result<Appliance, ApplianceError> {
@@ -172,20 +173,31 @@ fn launch_once(
             })?;
     }
     let result = match accel {
-        Accel::Tcg => g.launch(),
+        Accel::Tcg => {
+            let _shared = KVM_LAUNCH_LOCK.read().unwrap_or_else(|p| p.into_inner());
+            g.launch()
+        }
         Accel::Kvm => {
-            let _guard = KVM_LAUNCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            let _exclusive = KVM_LAUNCH_LOCK.write().unwrap_or_else(|p| p.into_inner());
             let before = qemu_children();
             let (done_tx, done_rx) = mpsc::channel::<()>();
             let watchdog = std::thread::spawn(move || {
                 if done_rx.recv_timeout(KVM_LAUNCH_BOUND).is_err() {
-                    for pid in qemu_children().difference(&before) {
-                        log::warn!("KVM appliance launch exceeded {KVM_LAUNCH_BOUND:?}; killing QEMU pid {pid}");
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(*pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
+                    // Children of the process module (other jobs' qemu-img, qemu-nbd, boot
+                    // checks) are never the target; the registry lock keeps new ones from
+                    // appearing unregistered while we look.
+                    crate::process::with_registry(|ours| {
+                        for pid in qemu_children()
+                            .difference(&before)
+                            .filter(|pid| !ours.contains(&(**pid as u32)))
+                        {
+                            log::warn!("KVM appliance launch exceeded {KVM_LAUNCH_BOUND:?}; killing QEMU pid {pid}");
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(*pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    });
                 }
             });
             let r = g.launch();

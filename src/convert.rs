@@ -6,12 +6,13 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::plan::{CompressionType, ConvertPlan, OutputFormat};
+use crate::process::{self, Child};
 use crate::progress::StageProgress;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,8 @@ pub struct NbdExport {
 impl NbdExport {
     /// Export `image` (of `format`) read-only on `socket`.
     pub fn start(image: &Path, format: &str, socket: &Path) -> Result<NbdExport, ConvertError> {
-        let child = Command::new("qemu-nbd")
+        // Through the process module: qemu-nbd --persistent would otherwise outlive a kill -9.
+        let child = process::qemu_nbd()
             .args([
                 "--read-only",
                 "--persistent",
@@ -52,13 +54,12 @@ impl NbdExport {
             ])
             .arg(socket)
             .arg(image)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| ConvertError::Spawn {
-                tool: "qemu-nbd",
-                reason: e.to_string(),
+                tool: process::QEMU_NBD,
+                reason: spawn_reason(e),
             })?;
         let mut export = NbdExport {
             child,
@@ -68,7 +69,7 @@ impl NbdExport {
         while !socket.exists() {
             if let Ok(Some(status)) = export.child.try_wait() {
                 let mut err = String::new();
-                if let Some(mut e) = export.child.stderr.take() {
+                if let Some(mut e) = export.child.take_stderr() {
                     let _ = e.read_to_string(&mut err);
                 }
                 return Err(ConvertError::NbdNotReady {
@@ -97,9 +98,17 @@ impl NbdExport {
 
 impl Drop for NbdExport {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The io error alone, as the `Spawn` variant's message had it before the process module.
+fn spawn_reason(e: process::ProcessError) -> String {
+    match e {
+        process::ProcessError::Spawn { source, .. }
+        | process::ProcessError::Wait { source, .. } => source.to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -167,18 +176,17 @@ fn run_qemu_img(
 ) -> Result<(), ConvertError> {
     let args = qemu_img_args(source_uri, part, plan);
     log::debug!("qemu-img {}", args.join(" "));
-    let mut child = Command::new("qemu-img")
+    let mut child = process::qemu_img()
         .args(&args)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| ConvertError::Spawn {
-            tool: "qemu-img",
-            reason: e.to_string(),
+            tool: process::QEMU_IMG,
+            reason: spawn_reason(e),
         })?;
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
+    let mut stdout = child.take_stdout().expect("piped stdout");
+    let mut stderr = child.take_stderr().expect("piped stderr");
     let (tx, rx) = mpsc::channel::<f64>();
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 256];
@@ -202,8 +210,7 @@ fn run_qemu_img(
             bar.set_percent(p);
         }
         if cancel.load(Ordering::SeqCst) {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
             bar.finish();
             return Err(ConvertError::Cancelled {
                 output: out_name.into(),
@@ -225,18 +232,10 @@ fn run_qemu_img(
     let err = err_reader.join().unwrap_or_default();
     bar.finish();
     if !status.success() {
-        let reason = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("failed")
-            .trim();
+        let reason = process::reduce_stderr(&err).unwrap_or_else(|| "failed".into());
         return Err(ConvertError::QemuImg {
             output: out_name.into(),
-            reason: format!(
-                "{} ({status})",
-                reason.strip_prefix("qemu-img: ").unwrap_or(reason)
-            ),
+            reason: format!("{reason} ({status})"),
         });
     }
     Ok(())
@@ -312,7 +311,7 @@ mod tests {
     fn nbd_export_serves_an_image_and_convert_writes_final_name_only() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src.qcow2");
-        let st = Command::new("qemu-img")
+        let st = std::process::Command::new(process::QEMU_IMG)
             .args(["create", "-q", "-f", "qcow2"])
             .arg(&src)
             .arg("16M")

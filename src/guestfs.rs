@@ -164,6 +164,25 @@ unsafe extern "C" fn event_trampoline(
     array: *const u64,
     array_len: usize,
 ) {
+    // A panic must not unwind into C (that aborts the process): catch it and log it.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: as for `dispatch_event`.
+        unsafe { dispatch_event(opaque, event, buf, buf_len, array, array_len) }
+    }));
+    if caught.is_err() {
+        log::error!("a libguestfs event callback panicked; the event was dropped");
+    }
+}
+
+/// The body of [`event_trampoline`], run inside its `catch_unwind`.
+unsafe fn dispatch_event(
+    opaque: *mut c_void,
+    event: u64,
+    buf: *const c_char,
+    buf_len: usize,
+    array: *const u64,
+    array_len: usize,
+) {
     // SAFETY: opaque is the `Box<Callback>` registered in `on_event`, alive as long as the handle.
     let cb = &mut *(opaque as *mut Callback);
     let ev = event as u32;
@@ -288,12 +307,6 @@ impl Guestfs {
         // SAFETY: valid handle.
         let rc = unsafe { sys::guestfs_set_verbose(self.handle, on as c_int) };
         self.check("guestfs_set_verbose", rc).map(drop)
-    }
-
-    pub fn set_trace(&mut self, on: bool) -> Result<()> {
-        // SAFETY: valid handle.
-        let rc = unsafe { sys::guestfs_set_trace(self.handle, on as c_int) };
-        self.check("guestfs_set_trace", rc).map(drop)
     }
 
     pub fn set_backend_settings(&mut self, settings: &[impl AsRef<str>]) -> Result<()> {
@@ -455,7 +468,6 @@ impl Guestfs {
     string_call!(inspect_get_package_management => guestfs_inspect_get_package_management(root));
     string_call!(inspect_get_hostname => guestfs_inspect_get_hostname(root));
     string_call!(inspect_get_osinfo => guestfs_inspect_get_osinfo(root));
-    list_call!(inspect_get_filesystems => guestfs_inspect_get_filesystems(root));
 
     /// Mountpoint → device for an inspected root, e.g. ("/", "/dev/sda1").
     pub fn inspect_get_mountpoints(&self, root: &str) -> Result<Vec<(String, String)>> {
@@ -482,7 +494,6 @@ impl Guestfs {
         self.check_list(CALL, p).map(pairs)
     }
 
-    string_call!(vfs_type => guestfs_vfs_type(mountable));
     string_call!(vfs_uuid => guestfs_vfs_uuid(mountable));
     string_call!(vfs_label => guestfs_vfs_label(mountable));
     list_call!(list_partitions => guestfs_list_partitions());
@@ -490,23 +501,13 @@ impl Guestfs {
         /// The attached disks as the appliance names them (/dev/sda, /dev/sdb, …).
         list_devices => guestfs_list_devices()
     );
-    list_call!(lvs => guestfs_lvs());
-    string_call!(part_to_dev => guestfs_part_to_dev(partition));
 
     int_call!(mount => guestfs_mount(mountable, mountpoint));
-    int_call!(mount_ro => guestfs_mount_ro(mountable, mountpoint));
-    int_call!(mount_options => guestfs_mount_options(options, mountable, mountpoint));
 
     pub fn umount_all(&self) -> Result<()> {
         // SAFETY: valid handle.
         let rc = unsafe { sys::guestfs_umount_all(self.handle) };
         self.check("guestfs_umount_all", rc).map(drop)
-    }
-
-    pub fn sync(&self) -> Result<()> {
-        // SAFETY: valid handle.
-        let rc = unsafe { sys::guestfs_sync(self.handle) };
-        self.check("guestfs_sync", rc).map(drop)
     }
 
     /// Discard unused blocks of the filesystem mounted at `mountpoint`.
@@ -626,22 +627,6 @@ impl Guestfs {
         // SAFETY: valid handle and argument.
         let p = unsafe { sys::guestfs_sh(self.handle, c.as_ptr()) };
         self.check_string("guestfs_sh", p)
-    }
-
-    /// Load Augeas on the mounted guest (flags as in libguestfs: 0 = defaults).
-    pub fn aug_init(&self, root: &str, flags: i32) -> Result<()> {
-        let r = cstring("guestfs_aug_init", root)?;
-        // SAFETY: valid handle and argument.
-        let rc = unsafe { sys::guestfs_aug_init(self.handle, r.as_ptr(), flags) };
-        self.check("guestfs_aug_init", rc).map(drop)
-    }
-    string_call!(aug_get => guestfs_aug_get(augpath));
-    list_call!(aug_match => guestfs_aug_match(augpath));
-
-    pub fn aug_close(&self) -> Result<()> {
-        // SAFETY: valid handle.
-        let rc = unsafe { sys::guestfs_aug_close(self.handle) };
-        self.check("guestfs_aug_close", rc).map(drop)
     }
 }
 

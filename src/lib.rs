@@ -5,6 +5,9 @@
 //! [`load`] → [`inspect`] → [`fix`] → [`convert`] → [`validate`], driven by a [`manifest`]
 //! (or flags), recorded in a [`report`]; [`daemon`] runs the pipeline for manifests dropped in
 //! a spool directory. [`guestfs`] is the only module with `unsafe` (over `guestfs-sys`).
+//! Every child program runs through [`process`].
+
+#![deny(unsafe_code)]
 
 pub mod accel;
 pub mod appliance;
@@ -12,6 +15,7 @@ pub mod convert;
 pub mod daemon;
 pub mod devices;
 pub mod fix;
+#[allow(unsafe_code)]
 pub mod guestfs;
 pub mod initramfs_image;
 pub mod inspect;
@@ -21,6 +25,7 @@ pub mod logging;
 pub mod manifest;
 pub mod pipeline;
 pub mod plan;
+pub mod process;
 pub mod progress;
 pub mod report;
 pub mod util;

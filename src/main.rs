@@ -43,7 +43,13 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 struct GlobalArgs {
     /// Accelerator for QEMU: auto uses KVM when it works, else TCG.
-    #[arg(long, global = true, env = "H2K_ACCEL", default_value = "auto")]
+    #[arg(
+        long,
+        global = true,
+        env = "H2K_ACCEL",
+        default_value = "auto",
+        ignore_case = true
+    )]
     accel: AccelChoice,
     /// More output: -v info and the appliance's console, -vv debug.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -102,7 +108,7 @@ enum Commands {
         #[arg(long, value_name = "S", default_value_t = 300, requires = "boot")]
         timeout: u64,
         /// Disk controller: virtio, virtio-scsi, pvscsi (VMware's), lsi, sata.
-        #[arg(long, default_value = "virtio", requires = "boot")]
+        #[arg(long, default_value = "virtio", requires = "boot", ignore_case = true)]
         bus: h2k_guest::validate::Bus,
         /// Image format, when it should not be detected.
         #[arg(long)]
