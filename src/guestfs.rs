@@ -574,6 +574,15 @@ impl Guestfs {
     }
 
     /// Copy a guest file to a host file (streamed; no message-size limit).
+    /// Size in bytes of a guest file (following symlinks inside the guest).
+    pub fn filesize(&self, path: &str) -> Result<u64> {
+        const CALL: &str = "guestfs_filesize";
+        let p = cstring(CALL, path)?;
+        // SAFETY: valid handle and argument.
+        let size = unsafe { sys::guestfs_filesize(self.handle, p.as_ptr()) };
+        u64::try_from(size).map_err(|_| self.error(CALL))
+    }
+
     pub fn download(&self, remote: &str, local: &std::path::Path) -> Result<()> {
         const CALL: &str = "guestfs_download";
         let r = cstring(CALL, remote)?;

@@ -405,6 +405,9 @@ fn list_initramfs_on_host(g: &Guestfs, path: &str) -> Result<Vec<String>, String
         .prefix("h2k-initramfs-")
         .tempfile()
         .map_err(|e| format!("cannot create a temporary file: {e}"))?;
+    // Checked before the download: a hostile guest's image must not fill the host's disk.
+    let size = g.filesize(path).map_err(|e| e.to_string())?;
+    crate::initramfs_image::check_image_size(size).map_err(|e| e.to_string())?;
     g.download(path, tmp.path()).map_err(|e| e.to_string())?;
     // Streamed from the file: the memory used does not grow with the size of the image.
     crate::initramfs_image::list_paths_from_file(tmp.path()).map_err(|e| e.to_string())
