@@ -199,6 +199,9 @@ struct FixArgs {
     /// Replace an existing output.
     #[arg(long)]
     overwrite: bool,
+    /// Follow backing files and VMDK extents outside the source's directory (recorded in the report).
+    #[arg(long)]
+    trust_backing_files: bool,
     /// Record the source's sha256 in the report.
     #[arg(long)]
     checksum: bool,
@@ -363,6 +366,7 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
     plan.fix.backup |= args.backup;
     plan.validate.check_image_integrity &= !args.no_check;
     plan.validate.boot |= args.boot_check;
+    plan.trust_backing_files |= args.trust_backing_files;
     Ok(plan)
 }
 

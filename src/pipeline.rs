@@ -380,7 +380,18 @@ fn load_sources(
     let mut total_virtual: u64 = 0;
     for (i, d) in plan.disks.iter().enumerate() {
         let source = Source::parse(&d.source);
-        let info = load::probe(&source, d.format.as_deref())?;
+        let info = load::probe_with(&source, d.format.as_deref(), plan.trust_backing_files)?;
+        if plan.trust_backing_files && info.chain.len() > 1 {
+            let files: Vec<&str> = info.chain[1..]
+                .iter()
+                .map(|l| l.filename.as_str())
+                .collect();
+            report.warnings.push(format!(
+                "backing files trusted: {} ({})",
+                d.source,
+                files.join(", ")
+            ));
+        }
         if let (Some(declared), Some(fmt)) = (&d.format, Some(&info.format)) {
             if &load::qemu_format_name(declared) != fmt {
                 report.warnings.push(format!(

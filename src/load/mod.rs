@@ -32,7 +32,11 @@ pub enum LoadError {
     ToolMissing { tool: String },
     #[error("cannot create the overlay {path}: {reason}")]
     Overlay { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    Policy { path: String, reason: String },
 }
+
+pub mod policy;
 
 /// Where the source comes from: a local file, a disk inside an OVA (read in place, never
 /// unpacked), or an NBD URI (`nbd://…`, `nbd+unix://…`).
@@ -116,7 +120,8 @@ pub struct OvaMember {
 
 /// The `.vmdk` members of a tar (OVA) file, in archive order; empty when it is not a tar.
 pub fn ova_disks(path: &Path) -> Vec<OvaMember> {
-    let Ok(mut f) = File::open(path) else {
+    // Non-blocking, regular files only: a FIFO must not hang here.
+    let Ok(mut f) = policy::open_source(path) else {
         return Vec::new();
     };
     let mut head = [0u8; 512];
@@ -197,10 +202,24 @@ pub fn qemu_format_name(user: &str) -> String {
 }
 
 /// Probe `source` with `qemu-img info --backing-chain`; `format` forces a format.
+/// The source policy ([`policy::check_source`]) runs first: qemu-img never opens a hostile chain.
 pub fn probe(source: &Source, format: Option<&str>) -> Result<SourceInfo, LoadError> {
+    probe_with(source, format, false)
+}
+
+/// [`probe`]; `trust_backing_files` skips the backing-file/extent policy (the file-type check stays).
+pub fn probe_with(
+    source: &Source,
+    format: Option<&str>,
+    trust_backing_files: bool,
+) -> Result<SourceInfo, LoadError> {
     require_tool("qemu-img")?;
+    let mut approved = None;
     if let Some(path) = source.local_file() {
         check_readable(path)?;
+        if let (Source::File(p), false) = (source, trust_backing_files) {
+            approved = Some(policy::check_source(p)?);
+        }
     }
     let name = source.to_string();
     let mut cmd = Command::new("qemu-img");
@@ -224,6 +243,21 @@ pub fn probe(source: &Source, format: Option<&str>) -> Result<SourceInfo, LoadEr
             path: name.clone(),
             reason: format!("unexpected qemu-img output: {e}"),
         })?;
+    // Defence in depth: qemu-img must have opened only the files the policy approved.
+    if let Some(approved) = &approved {
+        for layer in &chain {
+            let real = std::fs::canonicalize(&layer.filename).ok();
+            if !real.is_some_and(|r| approved.contains(&r)) {
+                return Err(LoadError::Policy {
+                    path: name,
+                    reason: format!(
+                        "qemu-img opened {:?}, which the source policy did not approve",
+                        layer.filename
+                    ),
+                });
+            }
+        }
+    }
     let top = chain.first().cloned().ok_or_else(|| LoadError::QemuImg {
         path: name.clone(),
         reason: "qemu-img reported no image".into(),
@@ -319,6 +353,7 @@ fn qemu_img_reason(stderr: &str) -> String {
 }
 
 fn check_readable(path: &Path) -> Result<(), LoadError> {
+    policy::open_source(path)?;
     let p = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => LoadError::Missing { path: p.clone() },

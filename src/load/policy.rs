@@ -1,0 +1,391 @@
+//! Source policy: read image headers ourselves, before qemu-img opens anything, so a hostile
+//! backing chain or VMDK extent (host files, `..`, symlinks out, protocols, `json:`) is refused.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::LoadError;
+
+/// Longest backing chain accepted (top image included).
+pub const MAX_CHAIN_LENGTH: usize = 16;
+
+const QCOW2_MAGIC: &[u8] = b"QFI\xfb";
+const QCOW2_EXT_BACKING_FORMAT: u32 = 0xE279_2ACA;
+const QCOW2_EXT_DATA_FILE: u32 = 0x4441_5441;
+const QCOW2_INCOMPAT_DATA_FILE: u64 = 1 << 2;
+const VHD_DIFFERENCING: u32 = 4;
+
+/// What an image header says it depends on.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Dependencies {
+    /// qcow2 backing file name and its recorded format, if any.
+    pub backing: Option<(String, Option<String>)>,
+    /// VMDK extent file names.
+    pub extents: Vec<String>,
+    /// Why the image needs something we never follow (external data file, differencing disk).
+    pub refused: Option<String>,
+}
+
+fn be32(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+fn be64(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(off..off + 8)?.try_into().ok()?))
+}
+fn le64(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
+}
+
+/// Parse a qcow2 header (`head` must hold the first cluster or more). Err: truncated.
+pub fn parse_qcow2(head: &[u8]) -> Result<Dependencies, String> {
+    let short = || "truncated qcow2 header".to_string();
+    let version = be32(head, 4).ok_or_else(short)?;
+    let backing_off = be64(head, 8).ok_or_else(short)? as usize;
+    let backing_len = be32(head, 16).ok_or_else(short)? as usize;
+    let (incompat, header_len) = if version >= 3 {
+        (
+            be64(head, 72).ok_or_else(short)?,
+            be32(head, 100).ok_or_else(short)? as usize,
+        )
+    } else {
+        (0, 72)
+    };
+    let mut deps = Dependencies::default();
+    if incompat & QCOW2_INCOMPAT_DATA_FILE != 0 {
+        deps.refused = Some("uses an external data file".into());
+    }
+    let mut backing_format = None;
+    let mut at = header_len;
+    // Extensions end at type 0 or where the backing name starts.
+    while let (Some(kind), Some(len)) = (be32(head, at), be32(head, at + 4)) {
+        if kind == 0 {
+            break;
+        }
+        let len = len as usize;
+        let data = head
+            .get(at + 8..at + 8 + len)
+            .ok_or_else(|| "truncated qcow2 header extension".to_string())?;
+        let text = String::from_utf8_lossy(data).into_owned();
+        match kind {
+            QCOW2_EXT_BACKING_FORMAT => backing_format = Some(text),
+            QCOW2_EXT_DATA_FILE => {
+                deps.refused = Some(format!("uses an external data file {text:?}"))
+            }
+            _ => {}
+        }
+        at += 8 + len.div_ceil(8) * 8;
+    }
+    if backing_off != 0 && backing_len != 0 {
+        let name = head
+            .get(backing_off..backing_off + backing_len)
+            .ok_or_else(|| "truncated qcow2 backing file name".to_string())?;
+        deps.backing = Some((String::from_utf8_lossy(name).into_owned(), backing_format));
+    }
+    Ok(deps)
+}
+
+/// Extent file names of a VMDK text descriptor (`RW 2048 FLAT "disk-flat.vmdk" 0`).
+pub fn parse_vmdk_descriptor(text: &str) -> Dependencies {
+    let mut deps = Dependencies::default();
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        if matches!(words.next(), Some("RW" | "RDONLY" | "NOACCESS")) {
+            if let (Some(start), Some(end)) = (line.find('"'), line.rfind('"')) {
+                if end > start {
+                    deps.extents.push(line[start + 1..end].to_string());
+                }
+            }
+        } else if let Some(rest) = line.strip_prefix("parentFileNameHint") {
+            let name = rest.trim_start_matches([' ', '=']).trim_matches('"');
+            deps.refused = Some(format!("is a differencing disk (parent {name:?})"));
+        }
+    }
+    deps
+}
+
+/// Dependencies of any image from its first bytes and (for VHD) its last 512 bytes.
+pub fn parse_header(head: &[u8], tail: &[u8]) -> Result<Dependencies, String> {
+    if head.starts_with(QCOW2_MAGIC) {
+        return parse_qcow2(head);
+    }
+    if head.starts_with(b"KDMV") {
+        // Sparse VMDK: embedded descriptor at sector offset 28, size at 36.
+        let off = le64(head, 28).ok_or("truncated VMDK header")? as usize * 512;
+        let size = le64(head, 36).ok_or("truncated VMDK header")? as usize * 512;
+        if off == 0 || size == 0 {
+            return Ok(Dependencies::default());
+        }
+        let desc = head
+            .get(off..(off + size).min(head.len()))
+            .ok_or("truncated VMDK descriptor")?;
+        let text = String::from_utf8_lossy(desc);
+        let text = text.trim_end_matches('\0');
+        return Ok(parse_vmdk_descriptor(text));
+    }
+    if head.starts_with(b"# Disk DescriptorFile") {
+        return Ok(parse_vmdk_descriptor(&String::from_utf8_lossy(head)));
+    }
+    for footer in [tail, head] {
+        if footer.starts_with(b"conectix") && be32(footer, 60) == Some(VHD_DIFFERENCING) {
+            return Ok(Dependencies {
+                refused: Some("is a differencing VHD (it needs a parent disk)".into()),
+                ..Default::default()
+            });
+        }
+    }
+    Ok(Dependencies::default())
+}
+
+fn file_type_name(t: std::fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Open without blocking (a FIFO would hang) and accept only regular files and block devices.
+pub fn open_source(path: &Path) -> Result<File, LoadError> {
+    let p = path.display().to_string();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => LoadError::Missing { path: p.clone() },
+            _ if e.raw_os_error() == Some(libc::EISDIR) => LoadError::Directory { path: p.clone() },
+            _ => LoadError::Unreadable {
+                path: p.clone(),
+                reason: e.to_string(),
+            },
+        })?;
+    let t = f
+        .metadata()
+        .map_err(|e| LoadError::Unreadable {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?
+        .file_type();
+    if t.is_dir() {
+        return Err(LoadError::Directory { path: p });
+    }
+    if !(t.is_file() || t.is_block_device()) {
+        return Err(LoadError::NotAnImage {
+            path: p,
+            reason: format!("it is {}", file_type_name(t)),
+        });
+    }
+    Ok(f)
+}
+
+fn read_head_tail(f: &mut File, p: &str) -> Result<(Vec<u8>, Vec<u8>), LoadError> {
+    let unreadable = |e: std::io::Error| LoadError::Unreadable {
+        path: p.into(),
+        reason: e.to_string(),
+    };
+    let mut head = Vec::new();
+    f.by_ref()
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .map_err(unreadable)?;
+    let len = f.seek(SeekFrom::End(0)).map_err(unreadable)?;
+    let mut tail = Vec::new();
+    if len >= 512 {
+        f.seek(SeekFrom::Start(len - 512)).map_err(unreadable)?;
+        f.by_ref()
+            .take(512)
+            .read_to_end(&mut tail)
+            .map_err(unreadable)?;
+    }
+    Ok((head, tail))
+}
+
+const TRUST_HINT: &str = "(use --trust-backing-files to allow)";
+
+/// Resolve a dependency name of `image` and insist it is a regular file in `dir`.
+fn approve(image: &Path, dir: &Path, what: &str, name: &str) -> Result<PathBuf, LoadError> {
+    let p = image.display().to_string();
+    let refuse = |why: &str| LoadError::Policy {
+        path: p.clone(),
+        reason: format!("{what} {name:?} {why} {TRUST_HINT}"),
+    };
+    if name.starts_with("json:") {
+        return Err(refuse("is a json: specification"));
+    }
+    if let Some((scheme, _)) = name.split_once(':') {
+        if !scheme.contains('/') {
+            return Err(refuse("names a protocol"));
+        }
+    }
+    let joined = image.parent().unwrap_or(Path::new(".")).join(name);
+    let real = std::fs::canonicalize(&joined).map_err(|_| refuse("does not exist"))?;
+    if real.parent() != Some(dir) {
+        return Err(refuse("is outside the source's directory"));
+    }
+    if !std::fs::metadata(&real)
+        .map(|m| m.is_file())
+        .unwrap_or(false)
+    {
+        return Err(refuse("is not a regular file"));
+    }
+    Ok(real)
+}
+
+/// Check `path` and everything its headers name, before qemu-img opens any of it.
+/// Returns the approved files, top first.
+pub fn check_source(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let top = open_source(path)?;
+    drop(top);
+    let p = path.display().to_string();
+    let real = std::fs::canonicalize(path).map_err(|e| LoadError::Unreadable {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    let dir = real.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut approved = vec![real.clone()];
+    let mut current = path.to_path_buf();
+    loop {
+        let cp = current.display().to_string();
+        let mut f = open_source(&current)?;
+        let (head, tail) = read_head_tail(&mut f, &cp)?;
+        let deps = parse_header(&head, &tail).map_err(|reason| LoadError::Damaged {
+            path: cp.clone(),
+            reason,
+        })?;
+        if let Some(reason) = deps.refused {
+            return Err(LoadError::Policy {
+                path: cp,
+                reason: format!("{reason} {TRUST_HINT}"),
+            });
+        }
+        for extent in &deps.extents {
+            let e = approve(&current, &dir, "extent", extent)?;
+            approved.push(e);
+        }
+        let Some((backing, format)) = deps.backing else {
+            return Ok(approved);
+        };
+        let next = approve(&current, &dir, "backing file", &backing)?;
+        if format.is_none() {
+            return Err(LoadError::Policy {
+                path: cp,
+                reason: format!("backing file {backing:?} has no recorded format {TRUST_HINT}"),
+            });
+        }
+        if approved.len() >= MAX_CHAIN_LENGTH {
+            return Err(LoadError::Policy {
+                path: p,
+                reason: format!("backing chain longer than {MAX_CHAIN_LENGTH} images {TRUST_HINT}"),
+            });
+        }
+        if approved.contains(&next) {
+            return Err(LoadError::Policy {
+                path: cp,
+                reason: format!("backing file {backing:?} makes a loop"),
+            });
+        }
+        approved.push(next.clone());
+        current = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qcow2(backing: Option<&str>, fmt: Option<&str>, incompat: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 4096];
+        h[..4].copy_from_slice(QCOW2_MAGIC);
+        h[4..8].copy_from_slice(&3u32.to_be_bytes());
+        h[72..80].copy_from_slice(&incompat.to_be_bytes());
+        h[100..104].copy_from_slice(&112u32.to_be_bytes());
+        let mut at = 112;
+        if let Some(f) = fmt {
+            h[at..at + 4].copy_from_slice(&QCOW2_EXT_BACKING_FORMAT.to_be_bytes());
+            h[at + 4..at + 8].copy_from_slice(&(f.len() as u32).to_be_bytes());
+            h[at + 8..at + 8 + f.len()].copy_from_slice(f.as_bytes());
+            at += 8 + f.len().div_ceil(8) * 8;
+        }
+        at += 8; // end-of-extensions
+        if let Some(b) = backing {
+            h[8..16].copy_from_slice(&(at as u64).to_be_bytes());
+            h[16..20].copy_from_slice(&(b.len() as u32).to_be_bytes());
+            h[at..at + b.len()].copy_from_slice(b.as_bytes());
+        }
+        h
+    }
+
+    #[test]
+    fn qcow2_backing_and_format_are_read() {
+        let d = parse_qcow2(&qcow2(Some("/etc/shadow"), Some("raw"), 0)).unwrap();
+        assert_eq!(d.backing, Some(("/etc/shadow".into(), Some("raw".into()))));
+        let d = parse_qcow2(&qcow2(Some("base.qcow2"), None, 0)).unwrap();
+        assert_eq!(d.backing, Some(("base.qcow2".into(), None)));
+        assert_eq!(
+            parse_qcow2(&qcow2(None, None, 0)).unwrap(),
+            Dependencies::default()
+        );
+    }
+
+    #[test]
+    fn qcow2_external_data_file_is_refused() {
+        let d = parse_qcow2(&qcow2(None, None, QCOW2_INCOMPAT_DATA_FILE)).unwrap();
+        assert!(d.refused.unwrap().contains("external data file"));
+    }
+
+    #[test]
+    fn truncated_qcow2_is_an_error() {
+        assert!(parse_qcow2(&qcow2(Some("x"), None, 0)[..50]).is_err());
+    }
+
+    #[test]
+    fn vmdk_extents_are_read() {
+        let d = parse_vmdk_descriptor(
+            "# Disk DescriptorFile\nversion=1\nRW 2048 FLAT \"../../etc/passwd\" 0\nRDONLY 8 FLAT \"b.vmdk\" 0\n",
+        );
+        assert_eq!(d.extents, vec!["../../etc/passwd", "b.vmdk"]);
+        assert!(parse_vmdk_descriptor("parentFileNameHint=\"p.vmdk\"\n")
+            .refused
+            .is_some());
+    }
+
+    #[test]
+    fn vhd_differencing_is_refused() {
+        let mut footer = vec![0u8; 512];
+        footer[..8].copy_from_slice(b"conectix");
+        footer[60..64].copy_from_slice(&4u32.to_be_bytes());
+        assert!(parse_header(&[0u8; 512], &footer)
+            .unwrap()
+            .refused
+            .is_some());
+        footer[60..64].copy_from_slice(&2u32.to_be_bytes());
+        assert!(parse_header(&[0u8; 512], &footer)
+            .unwrap()
+            .refused
+            .is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_headers_never_panic(head in proptest::collection::vec(0u8..=255, 0..2048),
+                                         tail in proptest::collection::vec(0u8..=255, 0..512)) {
+            let _ = parse_header(&head, &tail);
+            let mut q = QCOW2_MAGIC.to_vec();
+            q.extend_from_slice(&head);
+            let _ = parse_header(&q, &tail);
+            let mut v = b"KDMV".to_vec();
+            v.extend_from_slice(&head);
+            let _ = parse_header(&v, &tail);
+        }
+    }
+}
