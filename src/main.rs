@@ -398,10 +398,14 @@ fn fix(args: FixArgs, global: &GlobalArgs) -> Result<()> {
     match pipeline::run(&plan, &opts) {
         Ok(report) => {
             out!("{}", h2k_guest::report::summary(&report));
-            let path = opts
-                .report_path
-                .clone()
-                .unwrap_or_else(|| pipeline::default_report_path(&plan));
+            let path = report
+                .written_path()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| {
+                    opts.report_path
+                        .clone()
+                        .unwrap_or_else(|| pipeline::default_report_path(&plan))
+                });
             outln!("report: {}", path.display());
             Ok(())
         }

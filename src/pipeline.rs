@@ -114,11 +114,19 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Report, Box<JobFailure>> {
         .clone()
         .unwrap_or_else(|| default_report_path(plan));
     let mut stage = String::from("sanity");
-    let result = run_stages(plan, opts, &mut report, &mut stage);
+    let mut created_dirs = Vec::new();
+    let result = run_stages(plan, opts, &mut report, &mut stage, &mut created_dirs);
     match result {
         Ok(()) => {
             report.finish(None);
-            if let Err(e) = report.write(&report_path) {
+            // With --overwrite the old report described the output just replaced: replace it
+            // too. Otherwise never clobber (a file given with --report, an earlier run's).
+            let written = if opts.overwrite && opts.report_path.is_none() {
+                report.write_replacing(&report_path)
+            } else {
+                report.write_new(&report_path)
+            };
+            if let Err(e) = written {
                 report.finish(Some((
                     "report".into(),
                     format!("cannot write {}: {e}", report_path.display()),
@@ -137,12 +145,30 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Report, Box<JobFailure>> {
         }
         Err(error) => {
             report.finish(Some((stage.clone(), error.to_string())));
-            if let Err(e) = report.write(&report_path) {
-                log::warn!(
-                    "cannot write the failure report {}: {e}",
-                    report_path.display()
-                );
+            // Refused before anything was written: the directories this run made for its
+            // outputs go again (deepest first), and no report is left in them.
+            let early = matches!(stage.as_str(), "sanity" | "load");
+            if early && !created_dirs.is_empty() {
+                for dir in created_dirs.iter().rev() {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return Err(Box::new(JobFailure {
+                    stage,
+                    error,
+                    report,
+                    report_path,
+                }));
             }
+            let report_path = match report.write_new(&report_path) {
+                Ok(written) => written,
+                Err(e) => {
+                    log::warn!(
+                        "cannot write the failure report {}: {e}",
+                        report_path.display()
+                    );
+                    report_path
+                }
+            };
             Err(Box::new(JobFailure {
                 stage,
                 error,
@@ -166,9 +192,10 @@ fn run_stages(
     opts: &RunOptions,
     report: &mut Report,
     stage: &mut String,
+    created_dirs: &mut Vec<PathBuf>,
 ) -> Result<(), PipelineError> {
     *stage = "sanity".into();
-    report.stage("sanity", |_| sanity(plan, opts))?;
+    report.stage("sanity", |_| sanity(plan, opts, created_dirs))?;
     check_cancel(opts)?;
 
     *stage = "load".into();
@@ -306,7 +333,29 @@ fn run_stages(
     Ok(())
 }
 
-fn sanity(plan: &Plan, opts: &RunOptions) -> Result<(), PipelineError> {
+/// `create_dir_all` that records each directory it had to make (outermost first).
+fn create_dirs_recorded(dir: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .collect();
+    for d in missing.into_iter().rev() {
+        std::fs::create_dir(d)?;
+        created.push(d.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same file (device and inode), however they are spelled.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+fn sanity(plan: &Plan, opts: &RunOptions, created: &mut Vec<PathBuf>) -> Result<(), PipelineError> {
     load::require_tool("qemu-img")?;
     if plan.convert.enabled {
         load::require_tool("qemu-nbd")?;
@@ -315,7 +364,7 @@ fn sanity(plan: &Plan, opts: &RunOptions) -> Result<(), PipelineError> {
         return Err(PipelineError::Sanity("the plan names no disk".into()));
     }
     let dir = &plan.output_dir;
-    std::fs::create_dir_all(dir).map_err(|e| {
+    create_dirs_recorded(dir, created).map_err(|e| {
         PipelineError::Sanity(format!(
             "{}: cannot create the output directory: {e}",
             dir.display()
@@ -335,11 +384,12 @@ fn sanity(plan: &Plan, opts: &RunOptions) -> Result<(), PipelineError> {
     for d in &plan.disks {
         let out = &d.output;
         if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            create_dirs_recorded(parent, created).map_err(|e| {
                 PipelineError::Sanity(format!("{}: cannot create: {e}", parent.display()))
             })?;
         }
-        if Path::new(&d.source) == out.as_path() {
+        // By identity, not by spelling: `..`, symlinks and hard links all reach the same inode.
+        if Path::new(&d.source) == out.as_path() || same_file(Path::new(&d.source), out) {
             return Err(PipelineError::Sanity(format!(
                 "{}: output would overwrite the source disk",
                 out.display()
@@ -357,7 +407,10 @@ fn sanity(plan: &Plan, opts: &RunOptions) -> Result<(), PipelineError> {
 
 /// sha256 of a file, as "sha256:<hex>".
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    sha256_of(std::fs::File::open(path)?)
+}
+
+fn sha256_of(mut f: std::fs::File) -> std::io::Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -380,6 +433,39 @@ fn load_sources(
     let mut total_virtual: u64 = 0;
     for (i, d) in plan.disks.iter().enumerate() {
         let source = Source::parse(&d.source);
+        // The checksum first: nothing else (qemu-img included) reads a file that does not match.
+        let mut sha = None;
+        if let Some(p) = source.local_file() {
+            if let Some(bytes) = d.bytes {
+                let actual = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                if actual != bytes {
+                    report.warnings.push(format!(
+                        "{}: manifest says {bytes} bytes, file has {actual}",
+                        p.display()
+                    ));
+                }
+            }
+            if d.checksum.is_some() || opts.checksum {
+                log::info!("computing sha256 of {}", p.display());
+                // Opened through the source policy (non-blocking, regular file or block
+                // device) so a FIFO cannot hang the checksum.
+                let file = load::policy::open_source(p)?;
+                let actual = sha256_of(file).map_err(|e| LoadError::Unreadable {
+                    path: p.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                if let Some(expected) = &d.checksum {
+                    if !expected.eq_ignore_ascii_case(&actual) {
+                        return Err(PipelineError::Checksum {
+                            path: p.display().to_string(),
+                            expected: expected.clone(),
+                            actual,
+                        });
+                    }
+                }
+                sha = Some(actual);
+            }
+        }
         let info = load::probe_with(&source, d.format.as_deref(), plan.trust_backing_files)?;
         if plan.trust_backing_files && info.chain.len() > 1 {
             let files: Vec<&str> = info.chain[1..]
@@ -398,35 +484,6 @@ fn load_sources(
                     "{}: manifest says {declared}, qemu-img detects {fmt}; using {fmt}",
                     d.source
                 ));
-            }
-        }
-        let mut sha = None;
-        if let Some(p) = source.local_file() {
-            if let Some(bytes) = d.bytes {
-                let actual = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-                if actual != bytes {
-                    report.warnings.push(format!(
-                        "{}: manifest says {bytes} bytes, file has {actual}",
-                        p.display()
-                    ));
-                }
-            }
-            if d.checksum.is_some() || opts.checksum {
-                log::info!("computing sha256 of {}", p.display());
-                let actual = sha256_file(p).map_err(|e| LoadError::Unreadable {
-                    path: p.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                if let Some(expected) = &d.checksum {
-                    if !expected.eq_ignore_ascii_case(&actual) {
-                        return Err(PipelineError::Checksum {
-                            path: p.display().to_string(),
-                            expected: expected.clone(),
-                            actual,
-                        });
-                    }
-                }
-                sha = Some(actual);
             }
         }
         total_virtual += info.virtual_size;

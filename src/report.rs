@@ -208,6 +208,19 @@ impl Report {
         }
     }
 
+    /// Where [`Report::write_new`] last wrote this report.
+    pub fn written_path(&self) -> Option<&Path> {
+        self.written_to.as_ref().map(|(_, w)| w.as_path())
+    }
+
+    /// Replace `path` (the user asked to overwrite the output this report describes).
+    pub fn write_replacing(&mut self, path: &Path) -> std::io::Result<PathBuf> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::util::write_atomic(path, &json)?;
+        self.written_to = Some((path.to_path_buf(), path.to_path_buf()));
+        Ok(path.to_path_buf())
+    }
+
     /// [`Report::write_new`] for callers that do not need the path written.
     pub fn write(&mut self, path: &Path) -> std::io::Result<()> {
         self.write_new(path).map(|_| ())

@@ -18,6 +18,8 @@ fn sh(dir: &Path, script: &str) {
 }
 
 fn sha(p: &Path) -> Option<String> {
+    // Only regular files: reading a FIFO case would block the test itself.
+    std::fs::symlink_metadata(p).ok().filter(|m| m.is_file())?;
     std::fs::read(p)
         .ok()
         .map(|b| format!("{:x}", Sha256::digest(b)))
@@ -47,6 +49,9 @@ fn corpus() -> Vec<(&'static str, String, &'static str)> {
         ("dir", "mkdir dir".into(), "directory"),
         ("trunc.qcow2", "printf 'QFI\\373\\0\\0\\0\\3' > trunc.qcow2".into(), "truncated"),
         ("datafile.qcow2", "qemu-img create -q -f qcow2 -o data_file=d.raw datafile.qcow2 10M".into(), "external data file"),
+        ("long.qcow2", format!("qemu-img create -q -f raw c0.img 1M && for i in $(seq 1 17); do {QCOW} -F $([ $i = 1 ] && echo raw || echo qcow2) -b c$((i-1)).$([ $i = 1 ] && echo img || echo qcow2) c$i.qcow2 1M; done && ln c17.qcow2 long.qcow2"), "long.qcow2"),
+        ("vhd-diff.vhd", "qemu-img create -q -f vpc base.vhd 10M && python3 -c \"import sys;b=bytearray(open('base.vhd','rb').read());f=len(b)-512;b[f+60:f+64]=(4).to_bytes(4,'big');open('vhd-diff.vhd','wb').write(b)\"".into(), "differencing"),
+        ("sock", "python3 -c \"import socket;s=socket.socket(socket.AF_UNIX);s.bind('sock')\"".into(), "socket"),
     ]
 }
 
@@ -62,6 +67,7 @@ fn hostile_sources_are_refused_in_load() {
         cases.push((base.join(name), expect));
     }
     cases.push((PathBuf::from("/dev/zero"), "character device"));
+    cases.push((PathBuf::from("/proc/self/mem"), "mem"));
     for (src, expect) in cases {
         let before = sha(&src);
         let started = Instant::now();
@@ -107,4 +113,98 @@ fn a_backing_file_in_the_same_directory_passes_load() {
     );
     let src = h2k_guest::load::Source::File(tmp.path().join("out.qcow2"));
     assert!(h2k_guest::load::probe(&src, None).is_err());
+    let trusted = h2k_guest::load::probe_with(&src, None, true).unwrap();
+    assert_eq!(trusted.chain.len(), 2);
+}
+
+fn fix(args: &[&std::ffi::OsStr]) -> (bool, String, Duration) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_h2k-guest"))
+        .arg("fix")
+        .args(args)
+        .env("H2K_ACCEL", "tcg")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), stderr, started.elapsed())
+}
+
+/// `fix` refusals that happen before LOAD opens anything: each in one line, within seconds
+/// (no appliance), the source unchanged, nothing left behind.
+#[test]
+fn fix_refuses_outputs_that_are_the_source_or_escape_and_leaves_no_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    sh(d, "mkdir -p src out && qemu-img create -q -f qcow2 src/disk.qcow2 10M && ln -s ../src/disk.qcow2 out/link.qcow2");
+    let src = d.join("src/disk.qcow2");
+    let before = sha(&src);
+    // The same file through `..` and through a symlink, with --overwrite.
+    for out in [d.join("out/../src/disk.qcow2"), d.join("out/link.qcow2")] {
+        let (ok, stderr, took) = fix(&[
+            src.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--overwrite".as_ref(),
+        ]);
+        assert!(!ok, "{}: accepted", out.display());
+        assert!(took < Duration::from_secs(5), "{}: too slow", out.display());
+        let line = stderr.lines().last().unwrap_or_default();
+        assert!(
+            line.contains("overwrite the source"),
+            "{}: {stderr}",
+            out.display()
+        );
+        assert_eq!(sha(&src), before);
+    }
+    // A refused source with an output in directories that do not exist yet: none are left.
+    sh(
+        d,
+        "qemu-img create -q -f qcow2 -u -F raw -b /etc/shadow src/shadow.qcow2 10M",
+    );
+    let out = d.join("out/no/such/dir/x.qcow2");
+    let (ok, stderr, took) = fix(&[
+        d.join("src/shadow.qcow2").as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(!ok && took < Duration::from_secs(5), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .contains("/etc/shadow"),
+        "{stderr}"
+    );
+    assert!(
+        !d.join("out/no").exists(),
+        "created directories were left: {stderr}"
+    );
+}
+
+/// A manifest checksum is verified before anything else reads the image: a hostile image with
+/// a wrong checksum fails on the checksum, not on what its header says.
+#[test]
+fn the_manifest_checksum_is_checked_before_the_image_is_parsed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    sh(
+        d,
+        "mkdir out && qemu-img create -q -f qcow2 -u -F raw -b /etc/shadow evil.qcow2 10M",
+    );
+    let manifest = d.join("m.json");
+    let body = serde_json::json!({
+        "manifest_version": "1.0",
+        "disks": [{"id": "d0", "source_format": "qcow2", "bytes": std::fs::metadata(d.join("evil.qcow2")).unwrap().len(),
+                   "local_path": d.join("evil.qcow2"), "checksum": format!("sha256:{}", "0".repeat(64)), "disk_type": "boot"}],
+        "output": {"directory": d.join("out")}
+    });
+    std::fs::write(&manifest, serde_json::to_vec(&body).unwrap()).unwrap();
+    let (ok, stderr, took) = fix(&["--manifest".as_ref(), manifest.as_os_str()]);
+    assert!(!ok && took < Duration::from_secs(10), "{stderr}");
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains("checksum mismatch") && line.contains("evil.qcow2"),
+        "{stderr}"
+    );
 }

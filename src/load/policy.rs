@@ -38,11 +38,16 @@ fn le64(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
+/// `len` bytes of `b` from `off`, None when out of range (or when the sum overflows).
+fn span(b: &[u8], off: usize, len: usize) -> Option<&[u8]> {
+    b.get(off..off.checked_add(len)?)
+}
+
 /// Parse a qcow2 header (`head` must hold the first cluster or more). Err: truncated.
 pub fn parse_qcow2(head: &[u8]) -> Result<Dependencies, String> {
     let short = || "truncated qcow2 header".to_string();
     let version = be32(head, 4).ok_or_else(short)?;
-    let backing_off = be64(head, 8).ok_or_else(short)? as usize;
+    let backing_off = usize::try_from(be64(head, 8).ok_or_else(short)?).unwrap_or(usize::MAX);
     let backing_len = be32(head, 16).ok_or_else(short)? as usize;
     let (incompat, header_len) = if version >= 3 {
         (
@@ -64,8 +69,7 @@ pub fn parse_qcow2(head: &[u8]) -> Result<Dependencies, String> {
             break;
         }
         let len = len as usize;
-        let data = head
-            .get(at + 8..at + 8 + len)
+        let data = span(head, at + 8, len)
             .ok_or_else(|| "truncated qcow2 header extension".to_string())?;
         let text = String::from_utf8_lossy(data).into_owned();
         match kind {
@@ -78,8 +82,7 @@ pub fn parse_qcow2(head: &[u8]) -> Result<Dependencies, String> {
         at += 8 + len.div_ceil(8) * 8;
     }
     if backing_off != 0 && backing_len != 0 {
-        let name = head
-            .get(backing_off..backing_off + backing_len)
+        let name = span(head, backing_off, backing_len)
             .ok_or_else(|| "truncated qcow2 backing file name".to_string())?;
         deps.backing = Some((String::from_utf8_lossy(name).into_owned(), backing_format));
     }
@@ -112,14 +115,15 @@ pub fn parse_header(head: &[u8], tail: &[u8]) -> Result<Dependencies, String> {
     }
     if head.starts_with(b"KDMV") {
         // Sparse VMDK: embedded descriptor at sector offset 28, size at 36.
-        let off = le64(head, 28).ok_or("truncated VMDK header")? as usize * 512;
-        let size = le64(head, 36).ok_or("truncated VMDK header")? as usize * 512;
+        // Sector numbers from the file: checked arithmetic, they may be anything.
+        let sectors = |at| le64(head, at).and_then(|n| usize::try_from(n).ok()?.checked_mul(512));
+        let off = sectors(28).ok_or("truncated or impossible VMDK header")?;
+        let size = sectors(36).ok_or("truncated or impossible VMDK header")?;
         if off == 0 || size == 0 {
             return Ok(Dependencies::default());
         }
-        let desc = head
-            .get(off..(off + size).min(head.len()))
-            .ok_or("truncated VMDK descriptor")?;
+        let end = off.saturating_add(size).min(head.len());
+        let desc = head.get(off..end).ok_or("truncated VMDK descriptor")?;
         let text = String::from_utf8_lossy(desc);
         let text = text.trim_end_matches('\0');
         return Ok(parse_vmdk_descriptor(text));
@@ -157,6 +161,16 @@ fn file_type_name(t: std::fs::FileType) -> &'static str {
 /// Open without blocking (a FIFO would hang) and accept only regular files and block devices.
 pub fn open_source(path: &Path) -> Result<File, LoadError> {
     let p = path.display().to_string();
+    // stat first (it never blocks): a socket or device is named by type, not by open's errno.
+    if let Ok(meta) = std::fs::metadata(path) {
+        let t = meta.file_type();
+        if !(t.is_file() || t.is_block_device() || t.is_dir()) {
+            return Err(LoadError::NotAnImage {
+                path: p,
+                reason: format!("it is {}", file_type_name(t)),
+            });
+        }
+    }
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
