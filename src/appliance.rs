@@ -233,7 +233,7 @@ fn qemu_children() -> HashSet<i32> {
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse::<i32>().ok());
-        if ppid == Some(me) && comm.starts_with("qemu") {
+        if ppid == Some(me) && crate::process::is_qemu_command_name(comm) {
             out.insert(pid);
         }
     }

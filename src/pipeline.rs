@@ -356,9 +356,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn sanity(plan: &Plan, opts: &RunOptions, created: &mut Vec<PathBuf>) -> Result<(), PipelineError> {
-    load::require_tool("qemu-img")?;
+    load::require_tool(crate::process::QEMU_IMG)?;
     if plan.convert.enabled {
-        load::require_tool("qemu-nbd")?;
+        load::require_tool(crate::process::QEMU_NBD)?;
     }
     if plan.disks.is_empty() {
         return Err(PipelineError::Sanity("the plan names no disk".into()));

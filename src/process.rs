@@ -334,6 +334,12 @@ impl Drop for Child {
     }
 }
 
+/// Whether a process's command name (`/proc/PID/stat`'s comm, at most 15 bytes) is one of the
+/// QEMU programs: how the appliance watchdog recognises the QEMU libguestfs started.
+pub fn is_qemu_command_name(comm: &str) -> bool {
+    comm.starts_with("qemu")
+}
+
 /// One line saying why a child failed, from its stderr: the last non-blank line that is not
 /// a warning, without the `program: ` prefix QEMU's tools put on their messages. None when
 /// stderr says nothing.

@@ -4,7 +4,9 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::time::Duration;
+
+use crate::process;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +39,12 @@ pub enum LoadError {
 }
 
 pub mod policy;
+
+/// How long `qemu-img info` / `create` may take: they read headers only, so a hang means a
+/// hostile or unreachable image (an NBD server that never answers), not a big one.
+const QEMU_IMG_INFO_LIMIT: Duration = Duration::from_secs(60);
+/// `qemu-img check` reads all metadata (for a 2 TiB qcow2, a few hundred MiB of tables).
+const QEMU_IMG_CHECK_LIMIT: Duration = Duration::from_secs(600);
 
 /// Where the source comes from: a local file, a disk inside an OVA (read in place, never
 /// unpacked), or an NBD URI (`nbd://…`, `nbd+unix://…`).
@@ -180,10 +188,7 @@ pub const SUPPORTED_FORMATS: &[&str] = &["vmdk", "qcow2", "raw", "vpc", "vhdx", 
 
 /// Fail early, with a pointer to the fix, when a needed tool is absent.
 pub fn require_tool(tool: &str) -> Result<(), LoadError> {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    if found {
+    if process::in_path(tool).is_some() {
         Ok(())
     } else {
         Err(LoadError::ToolMissing { tool: tool.into() })
@@ -213,7 +218,7 @@ pub fn probe_with(
     format: Option<&str>,
     trust_backing_files: bool,
 ) -> Result<SourceInfo, LoadError> {
-    require_tool("qemu-img")?;
+    require_tool(process::QEMU_IMG)?;
     let mut approved = None;
     if let Some(path) = source.local_file() {
         check_readable(path)?;
@@ -222,16 +227,18 @@ pub fn probe_with(
         }
     }
     let name = source.to_string();
-    let mut cmd = Command::new("qemu-img");
+    let mut cmd = process::qemu_img();
     cmd.args(["info", "--output=json", "--backing-chain", "-U"]);
     if let Some(f) = format {
         cmd.args(["-f", &qemu_format_name(f)]);
     }
     cmd.arg(source.qemu_name());
-    let out = cmd.output().map_err(|e| LoadError::QemuImg {
-        path: name.clone(),
-        reason: e.to_string(),
-    })?;
+    let out = cmd
+        .output_with_timeout(QEMU_IMG_INFO_LIMIT)
+        .map_err(|e| LoadError::QemuImg {
+            path: name.clone(),
+            reason: e.to_string(),
+        })?;
     if !out.status.success() {
         return Err(LoadError::QemuImg {
             path: name,
@@ -303,9 +310,9 @@ fn check_structure(qemu_name: &str, name: &str, format: &str) -> Result<(), Load
     if !matches!(format, "vmdk" | "qcow2" | "vdi" | "vhdx" | "vpc") {
         return Ok(());
     }
-    let out = Command::new("qemu-img")
+    let out = process::qemu_img()
         .args(["check", "-U", "-f", format, qemu_name])
-        .output()
+        .output_with_timeout(QEMU_IMG_CHECK_LIMIT)
         .map_err(|e| LoadError::QemuImg {
             path: name.into(),
             reason: e.to_string(),
@@ -338,13 +345,9 @@ fn check_structure(qemu_name: &str, name: &str, format: &str) -> Result<(), Load
 
 /// qemu-img's stderr, reduced to its last, most specific clause.
 fn qemu_img_reason(stderr: &str) -> String {
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("failed")
-        .trim();
-    let line = line.strip_prefix("qemu-img: ").unwrap_or(line);
+    // The one reducer of the process module: last meaningful line, program prefix stripped.
+    let reduced = process::reduce_stderr(stderr).unwrap_or_else(|| "failed".into());
+    let line = reduced.as_str();
     // "Could not open 'x': Could not open 'x-flat.vmdk': No such file or directory" → keep the innermost open.
     match line.rfind("Could not open") {
         Some(i) if i > 0 => line[i..].to_string(),
@@ -427,7 +430,7 @@ pub fn looks_like_disk(head: &[u8]) -> bool {
 
 /// Create `overlay` (qcow2) backed by the source; all guest writes land there.
 pub fn create_overlay(info: &SourceInfo, overlay: &Path) -> Result<(), LoadError> {
-    let out = Command::new("qemu-img")
+    let out = process::qemu_img()
         .args([
             "create",
             "-q",
@@ -439,7 +442,7 @@ pub fn create_overlay(info: &SourceInfo, overlay: &Path) -> Result<(), LoadError
             &info.source.qemu_name(),
         ])
         .arg(overlay)
-        .output()
+        .output_with_timeout(QEMU_IMG_INFO_LIMIT)
         .map_err(|e| LoadError::Overlay {
             path: overlay.display().to_string(),
             reason: e.to_string(),
