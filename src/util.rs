@@ -45,3 +45,25 @@ pub fn synced_temp_beside(path: &Path, bytes: &[u8]) -> std::io::Result<tempfile
     tmp.as_file().sync_all()?;
     Ok(tmp)
 }
+
+/// "a directory", "a FIFO (named pipe)", … for messages that refuse a file by its type.
+pub fn file_type_name(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}

@@ -494,7 +494,6 @@ pub fn submit(sp: &Spool, file: &Path) -> Result<PathBuf, WorkflowError> {
 /// Read a file to submit: a regular file of at most [`MAX_SUBMIT_BYTES`]. Opened non-blocking
 /// so a FIFO cannot hang us, and checked on the open descriptor (no race with a swap).
 fn read_manifest_input(file: &Path) -> Result<Vec<u8>, WorkflowError> {
-    use std::os::unix::fs::FileTypeExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -504,25 +503,11 @@ fn read_manifest_input(file: &Path) -> Result<Vec<u8>, WorkflowError> {
         .metadata()
         .map_err(io_err(file, "cannot read"))?
         .file_type();
-    let what = if ft.is_dir() {
-        "a directory"
-    } else if ft.is_fifo() {
-        "a named pipe (FIFO)"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_char_device() || ft.is_block_device() {
-        "a device node"
-    } else {
-        ""
-    };
+    let what = crate::util::file_type_name(&ft);
     if !ft.is_file() {
         return Err(WorkflowError::NotRegular {
             path: file.to_path_buf(),
-            what: if what.is_empty() {
-                "not a regular file"
-            } else {
-                what
-            },
+            what,
         });
     }
     let mut bytes = Vec::new();

@@ -183,21 +183,7 @@ pub fn classify(name: &OsStr, meta: &std::fs::Metadata) -> EntryKind {
 }
 
 fn describe_non_regular(meta: &std::fs::Metadata) -> String {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = meta.file_type();
-    let what = if ft.is_dir() {
-        "a directory"
-    } else if ft.is_symlink() {
-        "a symbolic link"
-    } else if ft.is_fifo() {
-        "a named pipe (FIFO)"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_block_device() || ft.is_char_device() {
-        "a device node"
-    } else {
-        "not a regular file"
-    };
+    let what = crate::util::file_type_name(&meta.file_type());
     format!("{what}, not a manifest file: submit a regular .json/.yaml/.yml file (write it elsewhere, then rename it into to_be_processed/)")
 }
 

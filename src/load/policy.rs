@@ -142,22 +142,6 @@ pub fn parse_header(head: &[u8], tail: &[u8]) -> Result<Dependencies, String> {
     Ok(Dependencies::default())
 }
 
-fn file_type_name(t: std::fs::FileType) -> &'static str {
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a regular file"
-    }
-}
-
 /// Open without blocking (a FIFO would hang) and accept only regular files and block devices.
 pub fn open_source(path: &Path) -> Result<File, LoadError> {
     let p = path.display().to_string();
@@ -167,7 +151,7 @@ pub fn open_source(path: &Path) -> Result<File, LoadError> {
         if !(t.is_file() || t.is_block_device() || t.is_dir()) {
             return Err(LoadError::NotAnImage {
                 path: p,
-                reason: format!("it is {}", file_type_name(t)),
+                reason: format!("it is {}", crate::util::file_type_name(&t)),
             });
         }
     }
@@ -196,7 +180,7 @@ pub fn open_source(path: &Path) -> Result<File, LoadError> {
     if !(t.is_file() || t.is_block_device()) {
         return Err(LoadError::NotAnImage {
             path: p,
-            reason: format!("it is {}", file_type_name(t)),
+            reason: format!("it is {}", crate::util::file_type_name(&t)),
         });
     }
     Ok(f)

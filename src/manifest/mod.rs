@@ -148,7 +148,7 @@ fn read_text(path: &Path) -> Result<String, ManifestError> {
     }
     if !meta.is_file() {
         return Err(fail(format!(
-            "is a {}, not a regular file",
+            "is {}, not a regular file",
             file_type_name(&meta.file_type())
         )));
     }
@@ -174,27 +174,7 @@ fn read_text(path: &Path) -> Result<String, ManifestError> {
     })
 }
 
-/// "FIFO", "character device", … for messages refusing a file by its type.
-pub(crate) fn file_type_name(kind: &fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if kind.is_dir() {
-        "directory"
-    } else if kind.is_fifo() {
-        "FIFO"
-    } else if kind.is_char_device() {
-        "character device"
-    } else if kind.is_block_device() {
-        "block device"
-    } else if kind.is_socket() {
-        "socket"
-    } else if kind.is_symlink() {
-        "symlink"
-    } else if kind.is_file() {
-        "regular file"
-    } else {
-        "special file"
-    }
-}
+pub(crate) use crate::util::file_type_name;
 
 fn io_reason(e: &io::Error) -> String {
     match e.kind() {

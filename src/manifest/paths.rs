@@ -41,7 +41,7 @@ pub(super) fn check_source(key: &str, given: &str) -> Res<String> {
         return Err(bad(
             key,
             format!(
-                "{given}: is a {}, not a disk image",
+                "{given}: is {}, not a disk image",
                 super::file_type_name(&kind)
             ),
         ));
