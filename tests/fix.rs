@@ -509,10 +509,12 @@ fn uefi_guest_without_removable_boot_path_gets_one_and_boots_on_virtio() {
     let fixture_vmdk = fixture("debian12-uefi-dracut-lvm");
     let fixture_sum = sha256_file(&fixture_vmdk);
     let dir = tempfile::tempdir().unwrap();
-    // The variant is a qcow2 layer over the fixture: the fixture itself is never written.
+    // The variant is a standalone qcow2 copy of the fixture (the fixture itself is never
+    // written). Not a layer over it: the source policy refuses a backing file outside the
+    // source's own directory, as it should.
     let src = dir.path().join("nvram-only.qcow2");
     let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "vmdk", "-b"])
+        .args(["convert", "-q", "-f", "vmdk", "-O", "qcow2"])
         .arg(&fixture_vmdk)
         .arg(&src)
         .status()
