@@ -93,6 +93,20 @@ fn image_is_complete(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// After a failed run: no `.part`, no work directory, nothing under the final name, no QEMU
+/// program of the run still running, the source unchanged.
+fn assert_failed_run_left_nothing(dir: &Path, src: &Path, before: &str) {
+    let names = out_dir_names(dir);
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.ends_with(".part") && !n.starts_with(".h2k-guest-") && n != "x.qcow2"),
+        "left behind: {names:?}"
+    );
+    assert!(leftovers_after(dir, Duration::from_secs(20)).is_empty());
+    assert_eq!(sha256_file(src), before);
+}
+
 fn work_dirs(dir: &Path) -> Vec<String> {
     out_dir_names(dir)
         .into_iter()
@@ -243,15 +257,7 @@ fn full_output_filesystem_during_convert_is_a_clear_error_and_leaves_no_partial(
         line.contains("x.qcow2") && line.to_lowercase().contains("space"),
         "the error names the output and the cause: {line}"
     );
-    let names = out_dir_names(dir.path());
-    assert!(
-        names
-            .iter()
-            .all(|n| !n.ends_with(".part") && !n.starts_with(".h2k-guest-") && n != "x.qcow2"),
-        "left behind: {names:?}"
-    );
-    assert!(leftovers_after(dir.path(), Duration::from_secs(20)).is_empty());
-    assert_eq!(sha256_file(&src), before);
+    assert_failed_run_left_nothing(dir.path(), &src, &before);
 }
 
 /// qemu-nbd dies in the middle of the copy: a clear error, no partial output.
@@ -294,13 +300,5 @@ fn qemu_nbd_killed_mid_convert_is_a_clear_error_and_leaves_no_partial() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let line = one_error_line(&stderr);
     assert!(line.contains("convert") || line.contains("nbd"), "{line}");
-    let names = out_dir_names(dir.path());
-    assert!(
-        names
-            .iter()
-            .all(|n| !n.ends_with(".part") && !n.starts_with(".h2k-guest-") && n != "x.qcow2"),
-        "left behind: {names:?}"
-    );
-    assert!(leftovers_after(dir.path(), Duration::from_secs(20)).is_empty());
-    assert_eq!(sha256_file(&src), before);
+    assert_failed_run_left_nothing(dir.path(), &src, &before);
 }
