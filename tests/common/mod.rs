@@ -34,6 +34,18 @@ pub fn vm_lock() -> MutexGuard<'static, ()> {
 /// `scripts/make-fixture.sh NAME` (cached across runs by the script itself; minutes the first
 /// time) and remembered for the rest of this test process.
 pub fn fixture(name: &str) -> PathBuf {
+    built_by("make-fixture.sh", name)
+}
+
+/// The first VMDK of a variant of a fixture (`debian12-bios-twodisk`, …), built on first use by
+/// `scripts/make-variant.sh NAME` (cached; a minute or two under TCG). Other disks of the
+/// variant lie beside it (see its JSON facts).
+#[allow(dead_code)]
+pub fn variant(name: &str) -> PathBuf {
+    built_by("make-variant.sh", name)
+}
+
+fn built_by(builder: &str, name: &str) -> PathBuf {
     static CACHE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     // Held across the build: a second test asking for the same fixture waits for the first.
@@ -41,7 +53,7 @@ pub fn fixture(name: &str) -> PathBuf {
     if let Some(p) = cache.get(name) {
         return p.clone();
     }
-    let script = repo_root().join("scripts/make-fixture.sh");
+    let script = repo_root().join("scripts").join(builder);
     let start = Instant::now();
     let out = Command::new("bash")
         .arg(&script)
@@ -63,12 +75,12 @@ pub fn fixture(name: &str) -> PathBuf {
             .lines()
             .rev()
             .find(|l| !l.trim().is_empty())
-            .unwrap_or_else(|| panic!("make-fixture.sh {name} printed no path"))
+            .unwrap_or_else(|| panic!("{builder} {name} printed no path"))
             .trim(),
     );
     assert!(
         path.is_file(),
-        "make-fixture.sh {name} printed {}, which is not a file",
+        "{builder} {name} printed {}, which is not a file",
         path.display()
     );
     eprintln!(
