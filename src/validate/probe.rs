@@ -1,0 +1,418 @@
+//! `validate --boot --probe`: boot throw-away overlays with a one-shot probe unit in them and
+//! read how the guest came up from its serial console.
+
+use super::*;
+
+use crate::appliance::{Appliance, ApplianceOptions, Drive};
+use crate::guestfs::{DriveOptions, Guestfs};
+
+/// The probe script, run by the guest's `/bin/sh` (see the file for what it reports).
+pub const PROBE_SCRIPT: &str = include_str!("probe.sh");
+pub const PROBE_SCRIPT_PATH: &str = "/usr/local/libexec/h2k-probe";
+pub const PROBE_UNIT_PATH: &str = "/etc/systemd/system/h2k-probe.service";
+const PROBE_UNIT_LINK: &str = "/etc/systemd/system/multi-user.target.wants/h2k-probe.service";
+/// QEMU gives the first NIC without a MAC this one (and counts up for the next ones).
+pub const QEMU_DEFAULT_MAC: &str = "52:54:00:12:34:56";
+
+/// The unit that runs the probe once multi-user.target is reached. Type=simple, not oneshot:
+/// an activating oneshot keeps its start job queued, and `is-system-running` would then say
+/// "starting" for as long as the probe waits for it to stop saying so.
+pub fn probe_unit() -> String {
+    format!(
+        "[Unit]\n\
+         Description=h2k-guest boot probe (validate --probe; this disk is a throw-away overlay)\n\
+         After=multi-user.target\n\
+         \n\
+         [Service]\n\
+         Type=simple\n\
+         ExecStart=/bin/sh {PROBE_SCRIPT_PATH}\n\
+         StandardOutput=journal\n\
+         StandardError=journal\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
+}
+
+/// What [`probe_check`] boots and what it expects.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeOptions {
+    /// The boot disk (`boot.image`) and how to boot it; `boot.format` applies to it only.
+    pub boot: BootOptions,
+    /// More disks, attached after the boot disk in this order (formats detected).
+    pub extra_disks: Vec<String>,
+    /// One NIC each, with this MAC or QEMU's default; empty: one NIC with QEMU's default.
+    pub nics: Vec<Option<String>>,
+    pub expect_ifaces: Vec<ExpectIface>,
+}
+
+/// The probe's part of a [`ProbeOutcome`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeResult {
+    /// Every disk booted, boot disk first.
+    pub disks: Vec<String>,
+    /// The NICs' MACs, in PCI order.
+    pub nics: Vec<String>,
+    /// The guest root the probe was written to (appliance device name).
+    pub root: String,
+    /// Whether the probe's line was read.
+    pub reached: bool,
+    /// Seconds from QEMU's start to the probe's line.
+    pub seconds_to_probe: Option<f64>,
+    pub whole: bool,
+    /// What kept the guest from being whole (empty when whole).
+    pub problems: Vec<String>,
+    /// What "whole" means.
+    pub whole_means: Vec<String>,
+    pub expect_ifaces: Vec<ExpectIface>,
+    /// The guest's own report (None when the probe never ran).
+    pub guest: Option<GuestReport>,
+}
+
+/// The result of one probe run: the boot as [`boot_check`] reports it (`booted` means the
+/// probe's line was read), and the probe's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeOutcome {
+    #[serde(flatten)]
+    pub boot: BootOutcome,
+    pub probe: ProbeResult,
+}
+
+impl ProbeOutcome {
+    pub fn whole(&self) -> bool {
+        self.probe.whole
+    }
+
+    /// One line for people: whole (and how fast), what was missing, or why it never got there.
+    pub fn summary(&self) -> String {
+        let b = &self.boot;
+        let p = &self.probe;
+        let how = format!("bus {}, {}, {}", b.bus, firmware_name(b.firmware), b.accel);
+        let disks = match p.disks.len() {
+            0 | 1 => String::new(),
+            n => format!(" (+{} disks)", n - 1),
+        };
+        if let Some(guest) = p.guest.as_ref().filter(|_| p.reached) {
+            if !p.whole {
+                return format!(
+                    "{}{disks}: not whole on {}: {}",
+                    b.image,
+                    b.bus,
+                    p.problems.join("; ")
+                );
+            }
+            let network: Vec<String> = guest
+                .interfaces
+                .iter()
+                .filter(|i| !i.is_loopback() && i.is_up() && !i.ipv4.is_empty())
+                .map(|i| format!("{} {}", i.name, i.ipv4.join(" ")))
+                .collect();
+            return format!(
+                "{}{disks}: whole on {how} after {:.1} s (multi-user at {}; {} mounts, {} swaps; \
+                 {}; default route via {})",
+                b.image,
+                p.seconds_to_probe.unwrap_or(b.seconds),
+                guest
+                    .multi_user_seconds
+                    .map(|s| format!("{s:.1} s"))
+                    .unwrap_or_else(|| "? s".into()),
+                guest.mounts.len(),
+                guest.swaps.len(),
+                network.join(", "),
+                guest
+                    .default_route
+                    .as_ref()
+                    .map(|r| r.via.as_str())
+                    .unwrap_or("?"),
+            );
+        }
+        match (&b.failure, &b.login_prompt) {
+            (Some(f), Some(_)) => {
+                let mut o = format!("{}{disks}: no probe result on {how}: {}", b.image, f.reason);
+                if let Some(log) = &b.console_log {
+                    o += &format!(" (console log: {})", log.display());
+                }
+                o
+            }
+            _ => b.summary(),
+        }
+    }
+}
+
+/// The probe's problems as the outcome records them (no report: the boot failure says it).
+fn judge(guest: Option<&GuestReport>, expect: &[ExpectIface]) -> (bool, Vec<String>) {
+    match guest {
+        Some(r) => {
+            let problems = whole_problems(r, expect);
+            (problems.is_empty(), problems)
+        }
+        None => (false, vec!["the probe never reported".to_string()]),
+    }
+}
+
+/// One disk, opened as the read-only backing file of an overlay in `dir`.
+fn overlay_for(
+    image: &str,
+    format: Option<&str>,
+    dir: &Path,
+    index: usize,
+) -> Result<(Source, SourceInfo, PathBuf), ValidateError> {
+    let source = absolute_source(image);
+    let info = load::probe(&source, format)?;
+    let overlay = dir.join(format!("overlay{index}.qcow2"));
+    load::create_overlay(&info, &overlay)?;
+    Ok((source, info, overlay))
+}
+
+/// Mount the guest's root (as inspection finds it) and write the probe unit, its symlink in
+/// multi-user.target.wants and the script. Returns the root.
+fn install_probe(g: &Guestfs) -> Result<String, String> {
+    let roots = crate::inspect::find_roots(g).map_err(|e| e.to_string())?;
+    let root = roots
+        .iter()
+        .find(|r| g.inspect_get_type(r).is_ok_and(|t| t == "linux"))
+        .unwrap_or(&roots[0])
+        .clone();
+    let disks = crate::inspect::scan_disks(g).map_err(|e| e.to_string())?;
+    for warning in crate::inspect::mount_guest(g, &root, &disks).map_err(|e| e.to_string())? {
+        log::warn!("{warning}");
+    }
+    let systemd = g.is_dir("/etc/systemd").map_err(|e| e.to_string())?;
+    if !systemd {
+        return Err(format!(
+            "the guest on {root} has no /etc/systemd: the probe runs as a systemd unit"
+        ));
+    }
+    let step = |what: &str, r: Result<(), crate::guestfs::GuestfsError>| {
+        r.map_err(|e| format!("{what}: {}", e.message))
+    };
+    step(
+        "mkdir",
+        g.command(&[
+            "mkdir",
+            "-p",
+            "/etc/systemd/system/multi-user.target.wants",
+            "/usr/local/libexec",
+        ])
+        .map(drop),
+    )?;
+    step(
+        PROBE_SCRIPT_PATH,
+        g.write(PROBE_SCRIPT_PATH, PROBE_SCRIPT.as_bytes()),
+    )?;
+    step(PROBE_SCRIPT_PATH, g.chmod(0o755, PROBE_SCRIPT_PATH))?;
+    step(
+        PROBE_UNIT_PATH,
+        g.write(PROBE_UNIT_PATH, probe_unit().as_bytes()),
+    )?;
+    step(PROBE_UNIT_PATH, g.chmod(0o644, PROBE_UNIT_PATH))?;
+    step(
+        PROBE_UNIT_LINK,
+        g.command(&["ln", "-sf", PROBE_UNIT_PATH, PROBE_UNIT_LINK])
+            .map(drop),
+    )?;
+    Ok(root)
+}
+
+/// The MACs the guest will see: as asked, QEMU's default counting up for those not given.
+pub fn effective_macs(nics: &[Option<String>]) -> Vec<String> {
+    let count = nics.len().max(1);
+    (0..count)
+        .map(|i| match nics.get(i).cloned().flatten() {
+            Some(mac) => mac,
+            None => format!("52:54:00:12:34:{:02x}", 0x56 + i),
+        })
+        .collect()
+}
+
+/// Boot the disks with the probe in them; see the module documentation.
+///
+/// A guest that does not come up whole is an `Ok` outcome (`probe.whole` false); `Err` means
+/// the check itself could not run (not an image, no OS to put the probe in, QEMU or OVMF
+/// missing, interrupted, …). The images are never written: the appliance and QEMU both work
+/// on overlays in a temporary directory that is removed on every path.
+pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
+    let t0 = Instant::now();
+    let bopts = &opts.boot;
+    let disk_count = 1 + opts.extra_disks.len();
+    if disk_count > bus_capacity(bopts.bus) {
+        return Err(ValidateError::Probe {
+            image: bopts.image.clone(),
+            reason: format!(
+                "{disk_count} disks do not fit on the {} controller (at most {})",
+                bopts.bus,
+                bus_capacity(bopts.bus)
+            ),
+        });
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("h2k-validate-")
+        .tempdir()
+        .map_err(io_err("cannot create a temporary directory"))?;
+    let (source, info, boot_overlay) =
+        overlay_for(&bopts.image, bopts.format.as_deref(), tmp.path(), 0)?;
+    let image = source.qemu_name();
+    let mut disks = vec![image.clone()];
+    let mut overlays = vec![boot_overlay];
+    for (i, extra) in opts.extra_disks.iter().enumerate() {
+        let (s, _, overlay) = overlay_for(extra, None, tmp.path(), i + 1)?;
+        disks.push(s.qemu_name());
+        overlays.push(overlay);
+    }
+    let (firmware, firmware_reason) = match bopts.firmware {
+        FirmwareChoice::Bios => (Firmware::Bios, "requested".to_string()),
+        FirmwareChoice::Uefi => (Firmware::Uefi, "requested".to_string()),
+        FirmwareChoice::Auto => firmware_for(read_partition_table(&source, &info, tmp.path())?),
+    };
+    if firmware == Firmware::Uefi && !bopts.bus.uefi_bootable() {
+        return Err(ValidateError::NoUefiDriver {
+            image,
+            bus: bopts.bus,
+        });
+    }
+    let ovmf = match firmware {
+        Firmware::Uefi => {
+            let (code, vars_template) = find_ovmf()?;
+            let vars = tmp.path().join("OVMF_VARS.fd");
+            fs::copy(&vars_template, &vars).map_err(io_err(vars_template.display()))?;
+            Some((code, vars))
+        }
+        Firmware::Bios => None,
+    };
+    let mut cancel: Vec<Arc<AtomicBool>> = bopts.cancel.iter().cloned().collect();
+    if cancel.is_empty() {
+        cancel.extend(signal_flag());
+    }
+
+    // One appliance launch on the overlays: the probe goes into the guest, nothing else.
+    let drives: Vec<Drive> = overlays
+        .iter()
+        .map(|o| Drive {
+            path: o.display().to_string(),
+            options: DriveOptions {
+                format: Some("qcow2".into()),
+                ..Default::default()
+            },
+        })
+        .collect();
+    let app_opts = ApplianceOptions {
+        accel: bopts.accel,
+        identifier: "h2k-probe".into(),
+        ..Default::default()
+    };
+    log::info!("{image}: writing the probe into a throw-away overlay");
+    let probe_err = |reason: String| ValidateError::Probe {
+        image: image.clone(),
+        reason,
+    };
+    let app = Appliance::launch(&drives, &app_opts).map_err(|e| probe_err(e.to_string()))?;
+    let root = match install_probe(&app.g) {
+        Ok(root) => root,
+        Err(reason) => {
+            drop(app);
+            return Err(probe_err(reason));
+        }
+    };
+    app.finish()
+        .map_err(|e| probe_err(format!("closing the appliance: {e}")))?;
+    if cancel.iter().any(|c| c.load(Ordering::SeqCst)) {
+        return Err(ValidateError::Interrupted { image });
+    }
+
+    let resolved = bopts.accel.resolve();
+    let serial_log = bopts
+        .console_log
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("console.log"));
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut spec = GuestSpec {
+        accel: resolved.accel,
+        cpus: cores.clamp(1, 4),
+        memory_mib: bopts.memory_mib.max(256),
+        firmware,
+        ovmf,
+        bus: bopts.bus,
+        disks: overlays,
+        nics: opts.nics.clone(),
+        serial_log,
+    };
+    let mut accel_reason = resolved.reason;
+    log::info!(
+        "{image}: booting {disk_count} disk(s) with {} NIC(s) on bus {} ({}: {firmware_reason}; \
+         {}: {accel_reason}); waiting up to {} s for the probe",
+        opts.nics.len().max(1),
+        bopts.bus,
+        firmware_name(firmware),
+        spec.accel,
+        bopts.timeout.as_secs()
+    );
+    let stderr_path = tmp.path().join("qemu.stderr");
+    let run = run_with_fallback(
+        &mut spec,
+        &mut accel_reason,
+        bopts,
+        &stderr_path,
+        &cancel,
+        &image,
+        Goal::Probe,
+    )?;
+
+    let mut boot = BootOutcome {
+        image: image.clone(),
+        format: info.format.clone(),
+        bus: bopts.bus,
+        firmware,
+        firmware_reason,
+        accel: spec.accel,
+        accel_reason,
+        booted: false,
+        stage: run.stage,
+        seconds_to_login: run.login.as_ref().map(|(_, s)| *s),
+        login_prompt: run.login.map(|(p, _)| p),
+        failure: None,
+        seconds: 0.0,
+        console_log: bopts.console_log.clone(),
+        last_console_lines: run.last_lines,
+    };
+    let mut guest = None;
+    let mut seconds_to_probe = None;
+    match run.ended {
+        Ended::Probe { report, seconds } => {
+            boot.booted = true;
+            guest = Some(*report);
+            seconds_to_probe = Some(seconds);
+        }
+        Ended::Failed(f) => boot.failure = Some(f),
+        Ended::Login { .. } => unreachable!("a probe run goes on past the login prompt"),
+        Ended::QemuError { reason, .. } => {
+            return Err(ValidateError::Qemu {
+                image,
+                bus: bopts.bus,
+                reason,
+            })
+        }
+        Ended::Interrupted => return Err(ValidateError::Interrupted { image }),
+    }
+    let (whole, problems) = judge(guest.as_ref(), &opts.expect_ifaces);
+    if !whole && boot.console_log.is_none() {
+        boot.console_log = keep_console_log(&spec.serial_log, &image, bopts.bus);
+    }
+    boot.seconds = t0.elapsed().as_secs_f64();
+    Ok(ProbeOutcome {
+        boot,
+        probe: ProbeResult {
+            disks,
+            nics: effective_macs(&opts.nics),
+            root,
+            reached: guest.is_some(),
+            seconds_to_probe,
+            whole,
+            problems,
+            whole_means: WHOLE_MEANS.iter().map(|s| s.to_string()).collect(),
+            expect_ifaces: opts.expect_ifaces.clone(),
+            guest,
+        },
+    })
+}
