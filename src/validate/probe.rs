@@ -416,3 +416,354 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accel::Accel;
+
+    fn two_by_two(bus: Bus, firmware: Firmware) -> String {
+        let spec = GuestSpec {
+            accel: Accel::Tcg,
+            cpus: 2,
+            memory_mib: 1024,
+            firmware,
+            ovmf: (firmware == Firmware::Uefi)
+                .then(|| (PathBuf::from("/o/CODE.fd"), PathBuf::from("/t/VARS.fd"))),
+            bus,
+            disks: vec![
+                PathBuf::from("/t/overlay0.qcow2"),
+                PathBuf::from("/t/overlay1.qcow2"),
+            ],
+            nics: vec![Some("00:50:56:ab:cd:ef".into()), None],
+            serial_log: PathBuf::from("/t/console.log"),
+        };
+        qemu_args(&spec)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn two_disks_and_two_nics_on_every_bus() {
+        let drives = "-drive file=/t/overlay0.qcow2,format=qcow2,if=none,id=disk0,cache=unsafe \
+                      -drive file=/t/overlay1.qcow2,format=qcow2,if=none,id=disk1,cache=unsafe";
+        for bus in Bus::ALL {
+            let firmware = if bus.uefi_bootable() {
+                Firmware::Uefi
+            } else {
+                Firmware::Bios
+            };
+            let a = two_by_two(bus, firmware);
+            assert!(a.contains(drives), "{bus}: {a}");
+            let disks = match bus {
+                Bus::Virtio => "-device virtio-blk-pci,drive=disk0,bootindex=0 \
+                                -device virtio-blk-pci,drive=disk1"
+                    .to_string(),
+                Bus::Sata => "-device ide-hd,drive=disk0,bus=ide.0,bootindex=0 \
+                              -device ide-hd,drive=disk1,bus=ide.1"
+                    .to_string(),
+                scsi => format!(
+                    "-device {},id=scsi0 -device scsi-hd,drive=disk0,bus=scsi0.0,bootindex=0 \
+                     -device scsi-hd,drive=disk1,bus=scsi0.0",
+                    match scsi {
+                        Bus::VirtioScsi => "virtio-scsi-pci",
+                        Bus::Pvscsi => "pvscsi",
+                        _ => "lsi53c895a",
+                    }
+                ),
+            };
+            assert!(a.contains(&disks), "{bus}: {a}");
+            assert_eq!(a.matches("bootindex").count(), 1, "{bus}: {a}");
+            let model = bus.nic_model();
+            let nics = format!(
+                "-netdev user,id=net0 -device {model},netdev=net0,romfile=,mac=00:50:56:ab:cd:ef \
+                 -netdev user,id=net1 -device {model},netdev=net1,romfile= -serial"
+            );
+            assert!(a.contains(&nics), "{bus}: {a}");
+            // Disks before NICs: the disk controllers get the lower PCI slots.
+            assert!(a.find("disk1").unwrap() < a.find("net0").unwrap());
+        }
+        assert!(bus_capacity(Bus::Sata) == 6 && bus_capacity(Bus::Lsi) == 7);
+    }
+
+    #[test]
+    fn default_macs_count_up_like_qemu() {
+        assert_eq!(effective_macs(&[]), vec![QEMU_DEFAULT_MAC]);
+        assert_eq!(
+            effective_macs(&[None, Some("00:50:56:00:00:01".into()), None]),
+            vec![
+                "52:54:00:12:34:56",
+                "00:50:56:00:00:01",
+                "52:54:00:12:34:58"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_unit_runs_the_script_after_multi_user() {
+        let unit = probe_unit();
+        for line in [
+            "After=multi-user.target",
+            "WantedBy=multi-user.target",
+            "Type=simple",
+            &format!("ExecStart=/bin/sh {PROBE_SCRIPT_PATH}"),
+        ] {
+            assert!(unit.lines().any(|l| l == line), "{line}: {unit}");
+        }
+        assert!(
+            !unit.contains(PROBE_PREFIX),
+            "the unit's name would look like a report"
+        );
+        assert!(PROBE_UNIT_LINK.ends_with("multi-user.target.wants/h2k-probe.service"));
+    }
+
+    fn write_script(dir: &Path) -> PathBuf {
+        let script = dir.join("h2k-probe");
+        fs::write(&script, PROBE_SCRIPT).unwrap();
+        script
+    }
+
+    fn shells() -> Vec<&'static str> {
+        ["sh", "dash", "bash"]
+            .into_iter()
+            .filter(|s| crate::process::in_path(s).is_some())
+            .collect()
+    }
+
+    #[test]
+    fn the_script_is_posix_sh() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = write_script(dir.path());
+        for shell in shells() {
+            let out = crate::process::Command::new(shell)
+                .arg("-n")
+                .arg(&script)
+                .output_with_timeout(Duration::from_secs(20))
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{shell} -n: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// The host has no running systemd: only the shape of the report is checked, and the
+    /// escaping of what a hostile fstab holds.
+    #[test]
+    fn the_script_prints_one_valid_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = write_script(dir.path());
+        let fstab = dir.path().join("fstab");
+        fs::write(
+            &fstab,
+            b"# comment\n\
+              UUID=0b7f / ext4 errors=remount-ro 0 1\n\
+              /dev/sdb1\t/srv/a\\040b\"c\\\\d ext4 defaults 0 2\n\
+              /dev/nonexistent-swap none swap sw 0 0\n\
+              /dev/sr0 /media/cdrom udf,iso9660 user,noauto 0 0\n\
+              LABEL=x\x01\x1b\x7f\xc3\xa9 /data ext4 nofail 0 2\n",
+        )
+        .unwrap();
+        for shell in shells() {
+            let out_file = dir.path().join(format!("out-{shell}"));
+            let out = crate::process::Command::new("env")
+                .arg(format!("H2K_PROBE_OUT={}", out_file.display()))
+                .arg(format!("H2K_PROBE_FSTAB={}", fstab.display()))
+                .args([
+                    "H2K_PROBE_WAIT=0",
+                    "H2K_PROBE_NET_WAIT=0",
+                    "H2K_PROBE_REPEAT=2",
+                    "H2K_PROBE_GAP=0",
+                ])
+                .arg(shell)
+                .arg(&script)
+                .output_with_timeout(Duration::from_secs(60))
+                .unwrap();
+            assert!(out.status.success(), "{shell}: {out:?}");
+            let console = fs::read(&out_file).unwrap();
+            let text = String::from_utf8_lossy(&console);
+            assert_eq!(text.matches(PROBE_PREFIX).count(), 2, "{shell}: {text}");
+            let line = text.lines().find(|l| l.starts_with(PROBE_PREFIX)).unwrap();
+            let (count, json) = line[PROBE_PREFIX.len()..].split_once(' ').unwrap();
+            assert_eq!(count.parse::<usize>().unwrap(), json.len(), "{shell}");
+            let v: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+            for key in [
+                "probe_version",
+                "multi_user",
+                "multi_user_seconds",
+                "uptime_seconds",
+                "system_state",
+                "waited_seconds",
+                "failed_units",
+                "mounts",
+                "swaps",
+                "active_swaps",
+                "interfaces",
+                "default_route",
+                "default_route6",
+                "cmdline",
+                "hostname",
+                "missing_tools",
+            ] {
+                assert!(v.get(key).is_some(), "{shell}: no {key} in {json}");
+            }
+            let r = find_probe_report(&console).expect("the scanner reads it");
+            let mounts: Vec<(&str, &str)> = r
+                .mounts
+                .iter()
+                .map(|m| (m.spec.as_str(), m.mountpoint.as_str()))
+                .collect();
+            assert_eq!(
+                mounts,
+                vec![
+                    ("UUID=0b7f", "/"),
+                    ("/dev/sdb1", "/srv/a\\040b\"c\\\\d"),
+                    ("LABEL=x\u{1}\u{1b}\u{7f}é", "/data"),
+                ],
+                "{shell}"
+            );
+            assert!(r.mounts[0].mounted, "{shell}: / is mounted on any host");
+            assert!(!r.mounts[1].mounted);
+            assert_eq!(r.swaps.len(), 1);
+            assert!(!r.swaps[0].active);
+            assert!(r.interfaces.iter().any(|i| i.name == "lo"), "{shell}");
+            assert_eq!(
+                r.cmdline,
+                fs::read_to_string("/proc/cmdline").unwrap().trim_end()
+            );
+        }
+    }
+
+    fn outcome(guest: Option<GuestReport>, failure: Option<BootFailure>) -> ProbeOutcome {
+        let (whole, problems) = judge(guest.as_ref(), &[]);
+        ProbeOutcome {
+            boot: BootOutcome {
+                image: "/o/x.qcow2".into(),
+                format: "qcow2".into(),
+                bus: Bus::Virtio,
+                firmware: Firmware::Bios,
+                firmware_reason: "MBR partition table".into(),
+                accel: Accel::Tcg,
+                accel_reason: "KVM not usable".into(),
+                booted: guest.is_some(),
+                stage: Stage::System,
+                seconds_to_login: Some(40.0),
+                login_prompt: Some("h2k login:".into()),
+                failure,
+                seconds: 80.0,
+                console_log: None,
+                last_console_lines: vec![],
+            },
+            probe: ProbeResult {
+                disks: vec!["/o/x.qcow2".into(), "/o/y.qcow2".into()],
+                nics: effective_macs(&[]),
+                root: "/dev/sda1".into(),
+                reached: guest.is_some(),
+                seconds_to_probe: guest.as_ref().map(|_| 45.5),
+                whole,
+                problems,
+                whole_means: WHOLE_MEANS.iter().map(|s| s.to_string()).collect(),
+                expect_ifaces: vec![],
+                guest,
+            },
+        }
+    }
+
+    fn guest() -> GuestReport {
+        let mut r: GuestReport = serde_json::from_str(r#"{"probe_version":1}"#).unwrap();
+        r.multi_user = true;
+        r.multi_user_seconds = Some(31.25);
+        r.system_state = "running".into();
+        r.interfaces.push(Interface {
+            name: "ens3".into(),
+            mac: QEMU_DEFAULT_MAC.into(),
+            operstate: "up".into(),
+            admin_up: true,
+            driver: "virtio_net".into(),
+            ipv4: vec!["10.0.2.15/24".into()],
+            ipv6: vec![],
+        });
+        r.default_route = Some(Route {
+            via: "10.0.2.2".into(),
+            dev: "ens3".into(),
+        });
+        r
+    }
+
+    #[test]
+    fn summaries_and_json_shape() {
+        let o = outcome(Some(guest()), None);
+        assert!(o.whole());
+        let s = o.summary();
+        assert!(
+            s.starts_with("/o/x.qcow2 (+1 disks): whole on bus virtio, bios, tcg after 45.5 s"),
+            "{s}"
+        );
+        assert!(s.contains("multi-user at 31.2 s") || s.contains("multi-user at 31.3 s"));
+        assert!(
+            s.contains("ens3 10.0.2.15/24; default route via 10.0.2.2"),
+            "{s}"
+        );
+        let v = serde_json::to_value(&o).unwrap();
+        assert_eq!(v["booted"], true);
+        assert_eq!(v["bus"], "virtio");
+        assert_eq!(v["probe"]["whole"], true);
+        assert_eq!(v["probe"]["guest"]["interfaces"][0]["name"], "ens3");
+        assert_eq!(v["probe"]["nics"][0], QEMU_DEFAULT_MAC);
+
+        let mut g = guest();
+        g.failed_units = vec!["networking.service".into()];
+        g.system_state = "degraded".into();
+        g.interfaces.clear();
+        g.default_route = None;
+        let o = ProbeOutcome {
+            probe: ProbeResult {
+                expect_ifaces: vec!["ens192".parse().unwrap()],
+                ..outcome(None, None).probe
+            },
+            ..outcome(Some(g.clone()), None)
+        };
+        let (whole, problems) = judge(Some(&g), &o.probe.expect_ifaces);
+        let o = ProbeOutcome {
+            probe: ProbeResult {
+                whole,
+                problems,
+                reached: true,
+                guest: Some(g),
+                ..o.probe
+            },
+            ..o
+        };
+        assert_eq!(
+            o.summary(),
+            "/o/x.qcow2 (+1 disks): not whole on virtio: interface ens192 missing (the guest \
+             has no other); no interface up with an IPv4 address; no default route; failed \
+             units: networking.service"
+        );
+
+        // Login seen, no probe line: the boot failure, worded for the probe.
+        let f = BootFailure {
+            kind: FailureKind::Timeout,
+            reason: "login prompt after 40.0 s but no H2K-PROBE line within 300 s".into(),
+            console_line: None,
+            device: None,
+            seconds: 300.0,
+        };
+        let o = outcome(None, Some(f));
+        assert!(!o.whole());
+        assert_eq!(o.probe.problems, vec!["the probe never reported"]);
+        assert!(
+            o.summary()
+                .starts_with("/o/x.qcow2 (+1 disks): no probe result on bus virtio, bios, tcg: login prompt after 40.0 s"),
+            "{}",
+            o.summary()
+        );
+        // No login either: exactly boot_check's failure line.
+        let mut o = o;
+        o.boot.login_prompt = None;
+        assert_eq!(o.summary(), o.boot.summary());
+    }
+}

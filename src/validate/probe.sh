@@ -9,7 +9,7 @@
 # /dev/ttyS0, H2K_PROBE_WAIT=S bounds the wait for `systemctl is-system-running` (90),
 # H2K_PROBE_NET_WAIT=S the wait for an IPv4 address and a default route (30),
 # H2K_PROBE_REPEAT=N how many times the line is written (3: a getty may cut through one),
-# H2K_PROBE_FSTAB=FILE the fstab to read.
+# H2K_PROBE_GAP=S the pause between copies (2), H2K_PROBE_FSTAB=FILE the fstab to read.
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LC_ALL=C
@@ -19,6 +19,7 @@ out_file=${H2K_PROBE_OUT:-/dev/ttyS0}
 wait_max=${H2K_PROBE_WAIT:-90}
 net_wait_max=${H2K_PROBE_NET_WAIT:-30}
 repeat=${H2K_PROBE_REPEAT:-3}
+gap=${H2K_PROBE_GAP:-2}
 fstab=${H2K_PROBE_FSTAB:-/etc/fstab}
 missing=
 
@@ -281,6 +282,6 @@ while [ "$i" -lt "$repeat" ]; do
     { printf '\n%s\n' "$line" >>"$out_file"; } 2>/dev/null ||
         { printf '\n%s\n' "$line" >/dev/console; } 2>/dev/null
     i=$((i + 1))
-    [ "$i" -lt "$repeat" ] && sleep 2
+    [ "$i" -lt "$repeat" ] && sleep "$gap"
 done
 exit 0
