@@ -214,13 +214,23 @@ fn install_probe(g: &Guestfs) -> Result<String, String> {
     Ok(root)
 }
 
-/// The MACs the guest will see: as asked, QEMU's default counting up for those not given.
+/// The MACs the guest will see: as asked, and QEMU's default for the others (it counts up
+/// from 52:54:00:12:34:56 over the NICs it has to choose one for).
 pub fn effective_macs(nics: &[Option<String>]) -> Vec<String> {
-    let count = nics.len().max(1);
-    (0..count)
-        .map(|i| match nics.get(i).cloned().flatten() {
-            Some(mac) => mac,
-            None => format!("52:54:00:12:34:{:02x}", 0x56 + i),
+    let default_nic = [None];
+    let nics = if nics.is_empty() {
+        &default_nic[..]
+    } else {
+        nics
+    };
+    let mut defaulted = 0;
+    nics.iter()
+        .map(|mac| match mac {
+            Some(mac) => mac.clone(),
+            None => {
+                defaulted += 1;
+                format!("52:54:00:12:34:{:02x}", 0x55 + defaulted)
+            }
         })
         .collect()
 }
@@ -496,7 +506,7 @@ mod tests {
             vec![
                 "52:54:00:12:34:56",
                 "00:50:56:00:00:01",
-                "52:54:00:12:34:58"
+                "52:54:00:12:34:57"
             ]
         );
     }
@@ -606,6 +616,7 @@ mod tests {
                 "default_route6",
                 "cmdline",
                 "hostname",
+                "os",
                 "missing_tools",
             ] {
                 assert!(v.get(key).is_some(), "{shell}: no {key} in {json}");
@@ -634,6 +645,14 @@ mod tests {
                 r.cmdline,
                 fs::read_to_string("/proc/cmdline").unwrap().trim_end()
             );
+            if let Ok(release) = fs::read_to_string("/etc/os-release") {
+                let pretty = release
+                    .lines()
+                    .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                    .unwrap_or_default()
+                    .trim_matches(['"', '\'']);
+                assert_eq!(r.os, pretty, "{shell}");
+            }
         }
     }
 

@@ -234,7 +234,7 @@ fi
 # --- network ---------------------------------------------------------------------------------
 ifaces=
 for d in /sys/class/net/*; do
-    [ -e "$d" ] || continue
+    [ -d "$d" ] || continue # not bonding_masters
     name=${d##*/}
     mac=$(cat "$d/address" 2>/dev/null)
     oper=$(cat "$d/operstate" 2>/dev/null)
@@ -265,6 +265,14 @@ route6=$(default_route -6)
 # --- identity --------------------------------------------------------------------------------
 cmdline=$(cat /proc/cmdline 2>/dev/null)
 hostname=$(cat /proc/sys/kernel/hostname 2>/dev/null)
+os=
+if [ -r /etc/os-release ]; then
+    while read -r _l; do
+        case $_l in PRETTY_NAME=*) os=${_l#PRETTY_NAME=} ;; esac
+    done </etc/os-release
+    os=${os#[\"\']}
+    os=${os%[\"\']}
+fi
 uptime=$(cat /proc/uptime 2>/dev/null)
 uptime=${uptime%% *}
 case $uptime in '' | *[!0-9.]*) uptime=null ;; esac
@@ -272,7 +280,7 @@ case $uptime in '' | *[!0-9.]*) uptime=null ;; esac
 tools=
 for tool in $missing; do append tools "$(jstr "$tool")"; done
 
-json="{\"probe_version\":1,\"multi_user\":$multi_user,\"multi_user_seconds\":$multi_user_seconds,\"uptime_seconds\":$uptime,\"system_state\":$(jstr "$state"),\"waited_seconds\":$waited,\"network_waited_seconds\":$net_waited,\"failed_units\":[$failed],\"mounts\":[$mounts],\"swaps\":[$swaps],\"active_swaps\":[$active_swaps],\"interfaces\":[$ifaces],\"default_route\":$route4,\"default_route6\":$route6,\"cmdline\":$(jstr "$cmdline"),\"hostname\":$(jstr "$hostname"),\"missing_tools\":[$tools]}"
+json="{\"probe_version\":1,\"multi_user\":$multi_user,\"multi_user_seconds\":$multi_user_seconds,\"uptime_seconds\":$uptime,\"system_state\":$(jstr "$state"),\"waited_seconds\":$waited,\"network_waited_seconds\":$net_waited,\"failed_units\":[$failed],\"mounts\":[$mounts],\"swaps\":[$swaps],\"active_swaps\":[$active_swaps],\"interfaces\":[$ifaces],\"default_route\":$route4,\"default_route6\":$route6,\"cmdline\":$(jstr "$cmdline"),\"hostname\":$(jstr "$hostname"),\"os\":$(jstr "$os"),\"missing_tools\":[$tools]}"
 # The byte count lets the reader reject a copy something cut into (LC_ALL=C: bytes).
 line="H2K-PROBE ${#json} $json"
 

@@ -61,6 +61,9 @@ pub struct GuestReport {
     pub cmdline: String,
     #[serde(default)]
     pub hostname: String,
+    /// PRETTY_NAME from /etc/os-release.
+    #[serde(default)]
+    pub os: String,
     /// Tools the probe looked for and did not find (their checks are then best effort).
     #[serde(default)]
     pub missing_tools: Vec<String>,
