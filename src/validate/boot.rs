@@ -106,8 +106,6 @@ pub(crate) fn run_guest(
     image: &str,
     goal: Goal,
 ) -> Result<Run, ValidateError> {
-    File::create(&spec.serial_log).map_err(io_err(spec.serial_log.display()))?;
-    let stderr = File::create(stderr_path).map_err(io_err(stderr_path.display()))?;
     let qemu = accel::qemu_system_binary();
     if !qemu.contains('/') && process::in_path(&qemu).is_none() {
         return Err(ValidateError::Spawn {
@@ -115,9 +113,32 @@ pub(crate) fn run_guest(
             reason: "not found in PATH: install qemu-system-x86 (scripts/setup.sh does)".into(),
         });
     }
+    watch_guest(
+        process::qemu_system(),
+        spec,
+        stderr_path,
+        timeout,
+        cancel,
+        image,
+        goal,
+    )
+}
+
+/// Run `cmd` (QEMU, or a stand-in in tests) with the spec's arguments and read its serial
+/// console until the goal, a failure, the timeout or a cancel.
+pub(crate) fn watch_guest(
+    mut cmd: process::Command,
+    spec: &GuestSpec,
+    stderr_path: &Path,
+    timeout: Duration,
+    cancel: &[Arc<AtomicBool>],
+    image: &str,
+    goal: Goal,
+) -> Result<Run, ValidateError> {
+    File::create(&spec.serial_log).map_err(io_err(spec.serial_log.display()))?;
+    let stderr = File::create(stderr_path).map_err(io_err(stderr_path.display()))?;
     // The process module gives QEMU its own process group (a terminal's Ctrl-C reaches us,
     // and we stop QEMU), the parent-death signal, and the kill on every path out of here.
-    let mut cmd = process::qemu_system();
     cmd.args(qemu_args(spec))
         .stdout(Stdio::null())
         .stderr(stderr);
@@ -156,28 +177,28 @@ pub(crate) fn run_guest(
             last_output = Instant::now();
         }
         let now = Instant::now();
+        let verdict = console.verdict();
+        if let (Verdict::Login(prompt), Goal::Probe, None) = (&verdict, goal, &login) {
+            log::info!(
+                "{image}: login prompt after {:.1} s; waiting for the probe",
+                secs(now)
+            );
+            login = Some((prompt.clone(), secs(now)));
+        }
         if let Some(report) = probe.take() {
             break Ended::Probe {
                 report: Box::new(report),
                 seconds: secs(now),
             };
         }
-        match console.verdict() {
+        match verdict {
             Verdict::Login(prompt) if goal == Goal::Login => {
                 break Ended::Login {
                     prompt,
                     seconds: secs(now),
                 }
             }
-            Verdict::Login(prompt) => {
-                if login.is_none() {
-                    log::info!(
-                        "{image}: login prompt after {:.1} s; waiting for the probe",
-                        secs(now)
-                    );
-                    login = Some((prompt, secs(now)));
-                }
-            }
+            Verdict::Login(_) => {}
             Verdict::Failed {
                 finding,
                 device,

@@ -786,3 +786,109 @@ mod tests {
         assert_eq!(o.summary(), o.boot.summary());
     }
 }
+
+#[cfg(test)]
+mod run_tests {
+    //! The probe's wait loop against a stand-in for QEMU: a script that writes a console.
+    use super::*;
+    use crate::accel::Accel;
+
+    /// A "QEMU" that appends `console` (printf format) to its `-serial file:` and then sleeps
+    /// until it is killed.
+    fn fake_qemu(dir: &Path, console: &str) -> process::Command {
+        let script = dir.join("qemu-fake");
+        fs::write(
+            &script,
+            format!(
+                "while [ $# -gt 0 ]; do [ \"$1\" = -serial ] && log=${{2#file:}}; shift; done\n\
+                 printf '{console}' >>\"$log\"\nexec sleep 60\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = process::Command::new("sh");
+        cmd.arg(script);
+        cmd
+    }
+
+    fn spec(dir: &Path) -> GuestSpec {
+        GuestSpec {
+            accel: Accel::Tcg,
+            cpus: 1,
+            memory_mib: 256,
+            firmware: Firmware::Bios,
+            ovmf: None,
+            bus: Bus::Virtio,
+            disks: vec![dir.join("overlay0.qcow2")],
+            nics: vec![],
+            serial_log: dir.join("console.log"),
+        }
+    }
+
+    fn run(console: &str, goal: Goal, timeout: Duration) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = fake_qemu(dir.path(), console);
+        let start = Instant::now();
+        let run = watch_guest(
+            cmd,
+            &spec(dir.path()),
+            &dir.path().join("qemu.stderr"),
+            timeout,
+            &[],
+            "x.qcow2",
+            goal,
+        )
+        .unwrap();
+        assert!(start.elapsed() < timeout + Duration::from_secs(5));
+        run
+    }
+
+    const LOGIN_THEN_PROBE: &str = "Welcome to Debian GNU/Linux 12!\\r\\n\\r\\nh2k login: \
+                                    \\r\\nH2K-PROBE 19 {\"probe_version\":1}\\r\\n";
+
+    #[test]
+    fn a_probe_run_goes_past_the_login_prompt_to_the_report() {
+        let r = run(LOGIN_THEN_PROBE, Goal::Probe, Duration::from_secs(20));
+        match r.ended {
+            Ended::Probe { report, .. } => assert_eq!(report.probe_version, 1),
+            _ => panic!("expected the probe's report"),
+        }
+        assert_eq!(r.login.map(|(p, _)| p).as_deref(), Some("h2k login:"));
+        // The same console under the login goal ends at the prompt.
+        let r = run(LOGIN_THEN_PROBE, Goal::Login, Duration::from_secs(20));
+        assert!(matches!(r.ended, Ended::Login { ref prompt, .. } if prompt == "h2k login:"));
+    }
+
+    #[test]
+    fn a_login_without_a_probe_line_times_out_saying_so() {
+        let r = run(
+            "Welcome to Debian GNU/Linux 12!\\r\\n\\r\\nh2k login: ",
+            Goal::Probe,
+            Duration::from_secs(2),
+        );
+        match r.ended {
+            Ended::Failed(f) => {
+                assert_eq!(f.kind, FailureKind::Timeout);
+                assert!(f.reason.starts_with("login prompt after "), "{}", f.reason);
+                assert!(
+                    f.reason.contains("no H2K-PROBE line within 2 s"),
+                    "{}",
+                    f.reason
+                );
+            }
+            _ => panic!("expected a timeout"),
+        }
+    }
+
+    #[test]
+    fn a_failed_boot_ends_a_probe_run_early() {
+        let r = run(
+            "[    2.1] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)\\r\\n",
+            Goal::Probe,
+            Duration::from_secs(30),
+        );
+        match r.ended {
+            Ended::Failed(f) => assert_eq!(f.kind, FailureKind::KernelPanic),
+            _ => panic!("expected the panic"),
+        }
+    }
+}
