@@ -8,7 +8,7 @@
 # Environment (for tests on a host): H2K_PROBE_OUT=FILE writes the line there instead of
 # /dev/ttyS0, H2K_PROBE_WAIT=S bounds the wait for `systemctl is-system-running` (90),
 # H2K_PROBE_NET_WAIT=S the wait for an IPv4 address and a default route (30),
-# H2K_PROBE_REPEAT=N how many times the line is written (3: a getty may cut through one),
+# H2K_PROBE_REPEAT=N how many times the line is written (5: a getty or systemd may cut through one),
 # H2K_PROBE_GAP=S the pause between copies (2), H2K_PROBE_FSTAB=FILE the fstab to read.
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -18,7 +18,7 @@ export PATH LC_ALL
 out_file=${H2K_PROBE_OUT:-/dev/ttyS0}
 wait_max=${H2K_PROBE_WAIT:-90}
 net_wait_max=${H2K_PROBE_NET_WAIT:-30}
-repeat=${H2K_PROBE_REPEAT:-3}
+repeat=${H2K_PROBE_REPEAT:-5}
 gap=${H2K_PROBE_GAP:-2}
 fstab=${H2K_PROBE_FSTAB:-/etc/fstab}
 missing=
