@@ -94,7 +94,14 @@ enum Commands {
         #[command(subcommand)]
         command: WorkflowCommand,
     },
-    /// Check an image with qemu-img check, or boot it (--boot) until a login prompt.
+    /// Check an image with qemu-img check, boot it (--boot) until a login prompt, or boot it
+    /// with a probe (--boot --probe) that reports whether the guest came up whole.
+    ///
+    /// With --probe, "whole" means: multi-user.target reached; every --expect-iface interface
+    /// present and up (with its address when one is given); at least one non-loopback
+    /// interface up with an IPv4 address, and a default route; every /etc/fstab file system
+    /// (not noauto) mounted; every /etc/fstab swap (not noauto) active; no failed unit;
+    /// `systemctl is-system-running` says running. The exit status is non-zero otherwise.
     Validate {
         /// Disk image (qcow2, vmdk, raw, vhd, vhdx, vdi) or an nbd:// URI; never written.
         image: String,
@@ -116,6 +123,27 @@ enum Commands {
         /// Keep the guest's serial console in FILE (default: a temp file, kept on failure).
         #[arg(long, value_name = "FILE", requires = "boot")]
         console_log: Option<PathBuf>,
+        /// Put a one-shot probe unit into the throw-away overlay (one appliance launch), boot
+        /// it and read the probe's report from the serial console (no credentials needed);
+        /// --timeout then bounds the wait for that report.
+        #[arg(long, requires = "boot")]
+        probe: bool,
+        /// Another disk of the VM, attached after IMAGE in the order given (repeatable).
+        #[arg(long = "disk", value_name = "EXTRA_IMAGE", requires = "probe")]
+        disks: Vec<String>,
+        /// One NIC with this MAC (repeatable, in PCI order); default: one NIC with QEMU's
+        /// default MAC 52:54:00:12:34:56. User-mode networking: DHCP 10.0.2.15, gateway 10.0.2.2.
+        #[arg(long = "mac", value_name = "MAC", requires = "probe",
+              value_parser = h2k_guest::validate::parse_mac)]
+        macs: Vec<String>,
+        /// An interface that must be up, with this address when given (repeatable),
+        /// e.g. ens192=10.0.2.15/24.
+        #[arg(
+            long = "expect-iface",
+            value_name = "NAME[=ADDR/PREFIX]",
+            requires = "probe"
+        )]
+        expect_ifaces: Vec<h2k_guest::validate::ExpectIface>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -265,6 +293,10 @@ fn run(cli: Cli) -> Result<()> {
             bus,
             format,
             console_log,
+            probe,
+            disks,
+            macs,
+            expect_ifaces,
             json,
         } => {
             use h2k_guest::validate;
@@ -278,7 +310,7 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::ensure!(check.clean, "{}", check.summary());
                 return Ok(());
             }
-            let outcome = validate::boot_check(&validate::BootOptions {
+            let boot_opts = validate::BootOptions {
                 image,
                 format,
                 bus,
@@ -288,7 +320,23 @@ fn run(cli: Cli) -> Result<()> {
                 console_log,
                 cancel: Some(cancel_on_signals()?),
                 ..Default::default()
-            })?;
+            };
+            if probe {
+                let outcome = validate::probe_check(&validate::ProbeOptions {
+                    boot: boot_opts,
+                    extra_disks: disks,
+                    nics: macs.into_iter().map(Some).collect(),
+                    expect_ifaces,
+                })?;
+                if json {
+                    outln!("{}", serde_json::to_string_pretty(&outcome)?);
+                } else if outcome.whole() {
+                    outln!("{}", outcome.summary());
+                }
+                anyhow::ensure!(outcome.whole(), "{}", outcome.summary());
+                return Ok(());
+            }
+            let outcome = validate::boot_check(&boot_opts)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&outcome)?);
             } else if outcome.booted {

@@ -587,27 +587,35 @@ fn validate_outputs(
             }
         }
     }
-    // The product's promise, checked: the boot disk's output boots on virtio to a login prompt.
-    if plan.validate.boot {
-        if let Some(out) = report.outputs.first() {
-            let boot = crate::validate::BootOptions {
-                image: out.path.display().to_string(),
+    // The product's promise, checked: the outputs boot on virtio, with the VM's NICs, and
+    // the guest comes up whole (the probe's verdict).
+    if plan.validate.boot && !report.outputs.is_empty() {
+        let disks: Vec<String> = report
+            .outputs
+            .iter()
+            .map(|o| o.path.display().to_string())
+            .collect();
+        let probe = crate::validate::ProbeOptions {
+            boot: crate::validate::BootOptions {
+                image: disks[0].clone(),
                 accel: opts.appliance.accel,
                 timeout: std::time::Duration::from_secs(plan.validate.boot_timeout_secs),
                 cancel: Some(opts.cancel.clone()),
                 ..Default::default()
-            };
-            let outcome = crate::validate::boot_check(&boot)
-                .map_err(|e| PipelineError::Validate(e.to_string()))?;
-            log::info!("{}", outcome.summary());
-            let booted = outcome.booted;
-            let summary = outcome.summary();
-            report
-                .validation
-                .push(crate::report::ValidationRecord::from(&outcome));
-            if !booted {
-                return Err(PipelineError::Validate(summary));
-            }
+            },
+            extra_disks: disks[1..].to_vec(),
+            nics: plan.vm.nics.iter().map(|n| n.mac.clone()).collect(),
+            expect_ifaces: Vec::new(),
+        };
+        let outcome = crate::validate::probe_check(&probe)
+            .map_err(|e| PipelineError::Validate(e.to_string()))?;
+        let summary = outcome.summary();
+        log::info!("{summary}");
+        let mut record = crate::report::ValidationRecord::from(&outcome.boot);
+        record.probe = serde_json::to_value(&outcome.probe).ok();
+        report.validation.push(record);
+        if !outcome.whole() {
+            return Err(PipelineError::Validate(summary));
         }
     }
     Ok(())

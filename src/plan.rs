@@ -183,7 +183,8 @@ pub struct ValidatePlan {
     pub enabled: bool,
     /// `qemu-img check` the output.
     pub check_image_integrity: bool,
-    /// Boot the output on virtio until a login prompt.
+    /// Boot the outputs (all disks, in order) on virtio with the VM's NICs and the probe of
+    /// `validate --boot --probe`; the job fails unless the guest comes up whole.
     pub boot: bool,
     pub boot_timeout_secs: u64,
 }

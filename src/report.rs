@@ -112,6 +112,9 @@ pub struct ValidationRecord {
     pub seconds: f64,
     pub console_log: Option<PathBuf>,
     pub last_console_lines: Vec<String>,
+    /// `validate --probe`'s result (disks, NICs, whole, problems, the guest's report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<serde_json::Value>,
 }
 
 impl From<&crate::validate::BootOutcome> for ValidationRecord {
@@ -135,6 +138,7 @@ impl From<&crate::validate::BootOutcome> for ValidationRecord {
             seconds: outcome.seconds,
             console_log: outcome.console_log.clone(),
             last_console_lines: outcome.last_console_lines.clone(),
+            probe: None,
         })
     }
 }

@@ -32,10 +32,21 @@ pub(crate) fn signal_flag() -> Option<Arc<AtomicBool>> {
     .clone()
 }
 
+/// What ends a successful run: a login prompt, or the probe's line (see [`probe_check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Goal {
+    Login,
+    Probe,
+}
+
 /// How one QEMU run ended.
 pub(crate) enum Ended {
     Login {
         prompt: String,
+        seconds: f64,
+    },
+    Probe {
+        report: Box<GuestReport>,
         seconds: f64,
     },
     Failed(BootFailure),
@@ -48,9 +59,11 @@ pub(crate) enum Ended {
 }
 
 pub(crate) struct Run {
-    ended: Ended,
-    stage: Stage,
-    last_lines: Vec<String>,
+    pub(crate) ended: Ended,
+    pub(crate) stage: Stage,
+    pub(crate) last_lines: Vec<String>,
+    /// The login prompt and when it came (a probe run goes on past it).
+    pub(crate) login: Option<(String, f64)>,
 }
 
 pub(crate) fn failure(
@@ -91,9 +104,8 @@ pub(crate) fn run_guest(
     timeout: Duration,
     cancel: &[Arc<AtomicBool>],
     image: &str,
+    goal: Goal,
 ) -> Result<Run, ValidateError> {
-    File::create(&spec.serial_log).map_err(io_err(spec.serial_log.display()))?;
-    let stderr = File::create(stderr_path).map_err(io_err(stderr_path.display()))?;
     let qemu = accel::qemu_system_binary();
     if !qemu.contains('/') && process::in_path(&qemu).is_none() {
         return Err(ValidateError::Spawn {
@@ -101,9 +113,32 @@ pub(crate) fn run_guest(
             reason: "not found in PATH: install qemu-system-x86 (scripts/setup.sh does)".into(),
         });
     }
+    watch_guest(
+        process::qemu_system(),
+        spec,
+        stderr_path,
+        timeout,
+        cancel,
+        image,
+        goal,
+    )
+}
+
+/// Run `cmd` (QEMU, or a stand-in in tests) with the spec's arguments and read its serial
+/// console until the goal, a failure, the timeout or a cancel.
+pub(crate) fn watch_guest(
+    mut cmd: process::Command,
+    spec: &GuestSpec,
+    stderr_path: &Path,
+    timeout: Duration,
+    cancel: &[Arc<AtomicBool>],
+    image: &str,
+    goal: Goal,
+) -> Result<Run, ValidateError> {
+    File::create(&spec.serial_log).map_err(io_err(spec.serial_log.display()))?;
+    let stderr = File::create(stderr_path).map_err(io_err(stderr_path.display()))?;
     // The process module gives QEMU its own process group (a terminal's Ctrl-C reaches us,
     // and we stop QEMU), the parent-death signal, and the kill on every path out of here.
-    let mut cmd = process::qemu_system();
     cmd.args(qemu_args(spec))
         .stdout(Stdio::null())
         .stderr(stderr);
@@ -112,6 +147,8 @@ pub(crate) fn run_guest(
     let start = Instant::now();
     let mut log = File::open(&spec.serial_log).map_err(io_err(spec.serial_log.display()))?;
     let mut console = Console::new();
+    let mut probe = ProbeScanner::new();
+    let mut login: Option<(String, f64)> = None;
     let mut buf = vec![0u8; 64 * 1024];
     let mut last_output = start;
     let mut fatal_since: Option<Instant> = None;
@@ -134,16 +171,34 @@ pub(crate) fn run_guest(
                 break;
             }
             console.push(&buf[..n]);
+            if goal == Goal::Probe {
+                probe.push(&buf[..n]);
+            }
             last_output = Instant::now();
         }
         let now = Instant::now();
-        match console.verdict() {
-            Verdict::Login(prompt) => {
+        let verdict = console.verdict();
+        if let (Verdict::Login(prompt), Goal::Probe, None) = (&verdict, goal, &login) {
+            log::info!(
+                "{image}: login prompt after {:.1} s; waiting for the probe",
+                secs(now)
+            );
+            login = Some((prompt.clone(), secs(now)));
+        }
+        if let Some(report) = probe.take() {
+            break Ended::Probe {
+                report: Box::new(report),
+                seconds: secs(now),
+            };
+        }
+        match verdict {
+            Verdict::Login(prompt) if goal == Goal::Login => {
                 break Ended::Login {
                     prompt,
                     seconds: secs(now),
                 }
             }
+            Verdict::Login(_) => {}
             Verdict::Failed {
                 finding,
                 device,
@@ -195,22 +250,20 @@ pub(crate) fn run_guest(
                 Verdict::Suspect(f) => Some(f),
                 _ => None,
             };
-            let mut reason = format!("no login prompt within {} s", timeout.as_secs());
-            if console.bytes() == 0 {
-                reason += "; the serial console stayed empty (does the guest log to ttyS0? \
-                           add console=ttyS0 to its kernel command line)";
-            } else if let Some(f) = &suspect {
-                reason += &format!("; earlier: {:?}", f.line);
-            } else if console.stage() == Stage::Initramfs {
-                reason += &format!(
-                    "; the guest was still in its initramfs, where it waits for root={}: \
-                     its storage driver may be missing (dracut waits ~3 min under TCG before \
-                     it gives up: a longer --timeout shows its verdict)",
-                    console.root_arg().unwrap_or("?")
-                );
-            } else if console.stage() == Stage::System {
-                reason += "; the guest reached its init system but no getty printed a login \
-                           prompt on ttyS0 (serial-getty@ttyS0 not running?)";
+            let mut reason = match (goal, &login) {
+                (Goal::Login, _) => format!("no login prompt within {} s", timeout.as_secs()),
+                (Goal::Probe, None) => format!(
+                    "no login prompt and no probe result within {} s",
+                    timeout.as_secs()
+                ),
+                (Goal::Probe, Some((_, at))) => format!(
+                    "login prompt after {at:.1} s but no {PROBE_PREFIX}line within {} s \
+                     (multi-user.target never reached, or h2k-probe.service did not run)",
+                    timeout.as_secs()
+                ),
+            };
+            if login.is_none() {
+                reason += &timeout_hint(&console, suspect.as_ref());
             }
             break Ended::Failed(BootFailure {
                 kind: FailureKind::Timeout,
@@ -235,7 +288,32 @@ pub(crate) fn run_guest(
         ended,
         stage: console.stage(),
         last_lines: console.last_lines(LAST_LINES),
+        login,
     })
+}
+
+/// Why a boot that printed no login prompt may have stopped, from what the console showed.
+fn timeout_hint(console: &Console, suspect: Option<&Finding>) -> String {
+    if console.bytes() == 0 {
+        "; the serial console stayed empty (does the guest log to ttyS0? add console=ttyS0 \
+         to its kernel command line)"
+            .into()
+    } else if let Some(f) = suspect {
+        format!("; earlier: {:?}", f.line)
+    } else if console.stage() == Stage::Initramfs {
+        format!(
+            "; the guest was still in its initramfs, where it waits for root={}: its storage \
+             driver may be missing (dracut waits ~3 min under TCG before it gives up: a longer \
+             --timeout shows its verdict)",
+            console.root_arg().unwrap_or("?")
+        )
+    } else if console.stage() == Stage::System {
+        "; the guest reached its init system but no getty printed a login prompt on ttyS0 \
+         (serial-getty@ttyS0 not running?)"
+            .into()
+    } else {
+        String::new()
+    }
 }
 
 /// A local path made absolute (the overlay's backing file name must not depend on the
@@ -302,7 +380,8 @@ pub fn boot_check(opts: &BootOptions) -> Result<BootOutcome, ValidateError> {
         firmware,
         ovmf,
         bus: opts.bus,
-        disk: overlay,
+        disks: vec![overlay],
+        nics: Vec::new(),
         serial_log,
     };
     let mut accel_reason = resolved.reason;
@@ -315,20 +394,15 @@ pub fn boot_check(opts: &BootOptions) -> Result<BootOutcome, ValidateError> {
         opts.timeout.as_secs()
     );
     let stderr_path = tmp.path().join("qemu.stderr");
-    let run = loop {
-        let run = run_guest(&spec, &stderr_path, opts.timeout, &cancel, &image)?;
-        match &run.ended {
-            Ended::QemuError {
-                reason,
-                early: true,
-            } if spec.accel == Accel::Kvm && opts.accel == AccelChoice::Auto => {
-                log::warn!("{image}: QEMU failed under KVM ({reason}); retrying under TCG");
-                accel_reason = format!("KVM failed at boot: {reason}");
-                spec.accel = Accel::Tcg;
-            }
-            _ => break run,
-        }
-    };
+    let run = run_with_fallback(
+        &mut spec,
+        &mut accel_reason,
+        opts,
+        &stderr_path,
+        &cancel,
+        &image,
+        Goal::Login,
+    )?;
 
     let mut outcome = BootOutcome {
         image: image.clone(),
@@ -359,6 +433,7 @@ pub fn boot_check(opts: &BootOptions) -> Result<BootOutcome, ValidateError> {
                 outcome.console_log = keep_console_log(&spec.serial_log, &image, opts.bus);
             }
         }
+        Ended::Probe { .. } => unreachable!("a login run does not look for the probe"),
         Ended::QemuError { reason, .. } => {
             return Err(ValidateError::Qemu {
                 image,
@@ -370,6 +445,32 @@ pub fn boot_check(opts: &BootOptions) -> Result<BootOutcome, ValidateError> {
     }
     outcome.seconds = t0.elapsed().as_secs_f64();
     Ok(outcome)
+}
+
+/// [`run_guest`], once more under TCG when KVM fails early under `--accel auto`.
+pub(crate) fn run_with_fallback(
+    spec: &mut GuestSpec,
+    accel_reason: &mut String,
+    opts: &BootOptions,
+    stderr_path: &Path,
+    cancel: &[Arc<AtomicBool>],
+    image: &str,
+    goal: Goal,
+) -> Result<Run, ValidateError> {
+    loop {
+        let run = run_guest(spec, stderr_path, opts.timeout, cancel, image, goal)?;
+        match &run.ended {
+            Ended::QemuError {
+                reason,
+                early: true,
+            } if spec.accel == Accel::Kvm && opts.accel == AccelChoice::Auto => {
+                log::warn!("{image}: QEMU failed under KVM ({reason}); retrying under TCG");
+                *accel_reason = format!("KVM failed at boot: {reason}");
+                spec.accel = Accel::Tcg;
+            }
+            _ => return Ok(run),
+        }
+    }
 }
 
 /// Copy a failed boot's console out of the temp directory (which is about to go).

@@ -98,7 +98,8 @@ impl Console {
 
     fn add_line(&mut self, line: &str) {
         let line = line.trim_end();
-        if line.trim().is_empty() {
+        // The probe's report is data: a unit or cmdline in it is no console message.
+        if line.trim().is_empty() || line.contains(PROBE_PREFIX) {
             return;
         }
         if self.login.is_none() && is_login_prompt(line) {

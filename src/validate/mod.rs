@@ -12,6 +12,12 @@
 //! ([`Console`] is the pure parser). QEMU is killed on every path (success, failure, timeout,
 //! error, Ctrl-C/SIGTERM), runs in its own process group, and dies with us if we are killed
 //! (through [`crate::process`]); the overlay's temp directory is removed.
+//!
+//! [`probe_check`] (`validate --boot --probe`) goes further than a login prompt: one appliance
+//! launch writes a one-shot systemd unit and its POSIX-sh script (`probe.sh`) into throw-away
+//! overlays of every disk; the guest boots with those disks and its NICs (user-mode network,
+//! DHCP 10.0.2.15, gateway 10.0.2.2) and, after multi-user.target, prints one `H2K-PROBE {json}`
+//! line on its serial console ([`ProbeScanner`] finds it, [`whole_problems`] judges it).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -36,12 +42,16 @@ mod boot;
 mod check;
 mod console;
 mod firmware;
+mod probe;
+mod probe_report;
 mod qemu;
 
 pub use boot::*;
 pub use check::*;
 pub use console::*;
 pub use firmware::*;
+pub use probe::*;
+pub use probe_report::*;
 pub use qemu::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +82,8 @@ pub enum ValidateError {
     },
     #[error("{what}: {reason}")]
     Io { what: String, reason: String },
+    #[error("{image}: cannot put the boot probe into its overlay: {reason}")]
+    Probe { image: String, reason: String },
     #[error("{image}: boot check interrupted; QEMU stopped and its overlay removed")]
     Interrupted { image: String },
 }
@@ -710,7 +722,8 @@ mod tests {
                 )
             }),
             bus,
-            disk: PathBuf::from("/tmp/v/overlay.qcow2"),
+            disks: vec![PathBuf::from("/tmp/v/overlay.qcow2")],
+            nics: Vec::new(),
             serial_log: PathBuf::from("/tmp/v/console.log"),
         }
     }

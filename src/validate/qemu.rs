@@ -16,9 +16,22 @@ pub struct GuestSpec {
     /// OVMF code and the guest's private copy of the variable store (UEFI only).
     pub ovmf: Option<(PathBuf, PathBuf)>,
     pub bus: Bus,
-    /// The qcow2 overlay.
-    pub disk: PathBuf,
+    /// The qcow2 overlays, boot disk first; attached in this order on `bus`.
+    pub disks: Vec<PathBuf>,
+    /// One user-mode NIC each (DHCP 10.0.2.15, gateway 10.0.2.2), with this MAC or QEMU's
+    /// default; none means one NIC with QEMU's default MAC.
+    pub nics: Vec<Option<String>>,
     pub serial_log: PathBuf,
+}
+
+/// How many disks a controller takes here (q35's AHCI has six ports, the LSI 53C895A seven
+/// targets; the others more than any VM has).
+pub fn bus_capacity(bus: Bus) -> usize {
+    match bus {
+        Bus::Sata => 6,
+        Bus::Lsi => 7,
+        Bus::Virtio | Bus::VirtioScsi | Bus::Pvscsi => 16,
+    }
 }
 
 /// A path inside a QEMU `key=value,…` option (commas are doubled).
@@ -83,40 +96,56 @@ pub fn qemu_args(spec: &GuestSpec) -> Vec<OsString> {
             opt_path(vars)
         ));
     }
-    push("-drive");
-    push(&format!(
-        "file={},format=qcow2,if=none,id=disk0,cache=unsafe",
-        opt_path(&spec.disk)
-    ));
-    let scsi = |ctrl: &str| {
-        vec![
-            "-device".to_string(),
-            format!("{ctrl},id=scsi0"),
-            "-device".to_string(),
-            "scsi-hd,drive=disk0,bus=scsi0.0,bootindex=0".to_string(),
-        ]
-    };
-    let disk = match spec.bus {
-        Bus::Virtio => vec![
-            "-device".to_string(),
-            "virtio-blk-pci,drive=disk0,bootindex=0".to_string(),
-        ],
-        Bus::VirtioScsi => scsi("virtio-scsi-pci"),
-        Bus::Pvscsi => scsi("pvscsi"),
-        Bus::Lsi => scsi("lsi53c895a"),
-        Bus::Sata => vec![
-            "-device".to_string(),
-            "ide-hd,drive=disk0,bus=ide.0,bootindex=0".to_string(),
-        ],
-    };
-    for s in &disk {
-        push(s);
+    for (i, disk) in spec.disks.iter().enumerate() {
+        push("-drive");
+        push(&format!(
+            "file={},format=qcow2,if=none,id=disk{i},cache=unsafe",
+            opt_path(disk)
+        ));
     }
-    // No option ROM: the firmware must not fall back to network boot.
-    push("-netdev");
-    push("user,id=net0");
-    push("-device");
-    push(&format!("{},netdev=net0,romfile=", spec.bus.nic_model()));
+    let controller = match spec.bus {
+        Bus::VirtioScsi => Some("virtio-scsi-pci"),
+        Bus::Pvscsi => Some("pvscsi"),
+        Bus::Lsi => Some("lsi53c895a"),
+        Bus::Virtio | Bus::Sata => None,
+    };
+    if let Some(ctrl) = controller {
+        push("-device");
+        push(&format!("{ctrl},id=scsi0"));
+    }
+    // Command-line order is the guest's order: PCI slots (vda, vdb), SCSI targets and AHCI
+    // ports are assigned as the devices come.
+    for i in 0..spec.disks.len() {
+        let boot = if i == 0 { ",bootindex=0" } else { "" };
+        push("-device");
+        push(&match spec.bus {
+            Bus::Virtio => format!("virtio-blk-pci,drive=disk{i}{boot}"),
+            Bus::VirtioScsi | Bus::Pvscsi | Bus::Lsi => {
+                format!("scsi-hd,drive=disk{i},bus=scsi0.0{boot}")
+            }
+            Bus::Sata => format!("ide-hd,drive=disk{i},bus=ide.{i}{boot}"),
+        });
+    }
+    let default_nic = [None];
+    let nics = if spec.nics.is_empty() {
+        &default_nic[..]
+    } else {
+        &spec.nics[..]
+    };
+    for (i, mac) in nics.iter().enumerate() {
+        push("-netdev");
+        push(&format!("user,id=net{i}"));
+        // No option ROM: the firmware must not fall back to network boot.
+        let mac = mac
+            .as_deref()
+            .map(|m| format!(",mac={m}"))
+            .unwrap_or_default();
+        push("-device");
+        push(&format!(
+            "{},netdev=net{i},romfile={mac}",
+            spec.bus.nic_model()
+        ));
+    }
     a.push("-serial".into());
     let mut serial = OsString::from("file:");
     serial.push(&spec.serial_log);
