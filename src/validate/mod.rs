@@ -157,10 +157,17 @@ impl Bus {
 
     /// The NIC model that goes with the controller.
     pub fn nic_model(self) -> &'static str {
-        match self {
-            Bus::Pvscsi => "vmxnet3",
-            _ => "virtio-net-pci",
+        if self.vmware_like() {
+            "vmxnet3"
+        } else {
+            "virtio-net-pci"
         }
+    }
+
+    /// The controllers a VMware VM has: booted on them, the guest also gets VMware's NIC
+    /// (vmxnet3) in VMware's PCIe slots, so its interface names are the ones it had there.
+    pub fn vmware_like(self) -> bool {
+        matches!(self, Bus::Pvscsi | Bus::Lsi | Bus::Sata)
     }
 
     /// OVMF (as packaged by the distributions) has boot drivers for these controllers.
@@ -739,14 +746,24 @@ mod tests {
     #[test]
     fn qemu_command_lines() {
         let a = joined(&spec(Bus::Pvscsi, Firmware::Bios, Accel::Tcg));
-        assert!(a.contains("-machine pc,graphics=off"), "{a}");
+        // VMware's topology: q35 with native PCIe hotplug, the controller in slot 160 and the
+        // NIC in slot 192 (the guest names it ens192, as on VMware).
+        assert!(a.contains("-machine q35,graphics=off"), "{a}");
+        assert!(
+            a.contains("-global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-device pcie-root-port,id=vmslot1,chassis=2,slot=192 -device vmxnet3"),
+            "{a}"
+        );
         assert!(
             a.contains("-accel tcg,thread=multi -cpu max,svm=off,vmx=off -smp 2 -m 1024"),
             "{a}"
         );
         assert!(
             a.contains(
-                "-device pvscsi,id=scsi0 -device scsi-hd,drive=disk0,bus=scsi0.0,bootindex=0"
+                "-device pvscsi,id=scsi0,bus=vmslot0 -device scsi-hd,drive=disk0,bus=scsi0.0,bootindex=0"
             ),
             "{a}"
         );

@@ -475,22 +475,36 @@ mod tests {
                               -device ide-hd,drive=disk1,bus=ide.1"
                     .to_string(),
                 scsi => format!(
-                    "-device {},id=scsi0 -device scsi-hd,drive=disk0,bus=scsi0.0,bootindex=0 \
+                    "-device {},id=scsi0{} -device scsi-hd,drive=disk0,bus=scsi0.0,bootindex=0 \
                      -device scsi-hd,drive=disk1,bus=scsi0.0",
                     match scsi {
                         Bus::VirtioScsi => "virtio-scsi-pci",
                         Bus::Pvscsi => "pvscsi",
                         _ => "lsi53c895a",
+                    },
+                    if scsi == Bus::Pvscsi {
+                        ",bus=vmslot0"
+                    } else {
+                        ""
                     }
                 ),
             };
             assert!(a.contains(&disks), "{bus}: {a}");
             assert_eq!(a.matches("bootindex").count(), 1, "{bus}: {a}");
             let model = bus.nic_model();
-            let nics = format!(
-                "-netdev user,id=net0 -device {model},netdev=net0,romfile=,mac=00:50:56:ab:cd:ef \
-                 -netdev user,id=net1 -device {model},netdev=net1,romfile= -serial"
-            );
+            let nics = if bus.vmware_like() {
+                format!(
+                    "-netdev user,id=net0 -device pcie-root-port,id=vmslot1,chassis=2,slot=192 \
+                     -device {model},netdev=net0,romfile=,mac=00:50:56:ab:cd:ef,bus=vmslot1 \
+                     -netdev user,id=net1 -device pcie-root-port,id=vmslot2,chassis=3,slot=224 \
+                     -device {model},netdev=net1,romfile=,bus=vmslot2 -serial"
+                )
+            } else {
+                format!(
+                    "-netdev user,id=net0 -device {model},netdev=net0,romfile=,mac=00:50:56:ab:cd:ef \
+                     -netdev user,id=net1 -device {model},netdev=net1,romfile= -serial"
+                )
+            };
             assert!(a.contains(&nics), "{bus}: {a}");
             // Disks before NICs: the disk controllers get the lower PCI slots.
             assert!(a.find("disk1").unwrap() < a.find("net0").unwrap());

@@ -34,6 +34,16 @@ pub fn bus_capacity(bus: Bus) -> usize {
     }
 }
 
+/// The `n`th PCIe root port of a VMware VM: physical slots 160, 192, 224, 256, … (guest
+/// interface names `ens160`, `ens192`, …).
+fn vmware_slot(n: usize) -> String {
+    format!(
+        "pcie-root-port,id=vmslot{n},chassis={},slot={}",
+        n + 1,
+        160 + 32 * n
+    )
+}
+
 /// A path inside a QEMU `key=value,…` option (commas are doubled).
 pub(crate) fn opt_path(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
@@ -42,7 +52,8 @@ pub(crate) fn opt_path(p: &Path) -> String {
 pub fn qemu_args(spec: &GuestSpec) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(s.into());
-    let q35 = spec.firmware == Firmware::Uefi || spec.bus == Bus::Sata;
+    let vmware = spec.bus.vmware_like();
+    let q35 = vmware || spec.firmware == Firmware::Uefi;
     push("-name");
     push("h2k-validate");
     push("-machine");
@@ -52,6 +63,12 @@ pub fn qemu_args(spec: &GuestSpec) -> Vec<OsString> {
     } else {
         "pc,graphics=off"
     });
+    if vmware {
+        // Native PCIe hotplug: the kernel then numbers each root port's slot by its physical
+        // slot number, which is where VMware's names come from (ens160, ens192, …).
+        push("-global");
+        push("ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off");
+    }
     match spec.accel {
         Accel::Tcg => {
             push("-accel");
@@ -110,8 +127,16 @@ pub fn qemu_args(spec: &GuestSpec) -> Vec<OsString> {
         Bus::Virtio | Bus::Sata => None,
     };
     if let Some(ctrl) = controller {
-        push("-device");
-        push(&format!("{ctrl},id=scsi0"));
+        if spec.bus == Bus::Pvscsi {
+            // VMware's first PCIe slot holds the boot controller.
+            push("-device");
+            push(&vmware_slot(0));
+            push("-device");
+            push(&format!("{ctrl},id=scsi0,bus=vmslot0"));
+        } else {
+            push("-device");
+            push(&format!("{ctrl},id=scsi0"));
+        }
     }
     // Command-line order is the guest's order: PCI slots (vda, vdb), SCSI targets and AHCI
     // ports are assigned as the devices come.
@@ -140,9 +165,16 @@ pub fn qemu_args(spec: &GuestSpec) -> Vec<OsString> {
             .as_deref()
             .map(|m| format!(",mac={m}"))
             .unwrap_or_default();
+        let slot = if vmware {
+            push("-device");
+            push(&vmware_slot(i + 1));
+            format!(",bus=vmslot{}", i + 1)
+        } else {
+            String::new()
+        };
         push("-device");
         push(&format!(
-            "{},netdev=net{i},romfile={mac}",
+            "{},netdev=net{i},romfile={mac}{slot}",
             spec.bus.nic_model()
         ));
     }
