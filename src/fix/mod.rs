@@ -4,6 +4,7 @@
 //! All steps run in the one appliance the pipeline launched, on the writable overlay; the
 //! guest's own binaries (grub-mkconfig, update-initramfs, dracut) run chrooted in it.
 
+pub mod dracut_conf;
 pub mod fstab;
 pub mod fstab_apply;
 pub mod grub;
@@ -13,6 +14,7 @@ pub mod network;
 #[cfg(test)]
 mod proptests;
 pub mod record;
+pub mod resume;
 pub mod text;
 pub mod uefi_fallback;
 pub mod vmware_tools;
