@@ -10,6 +10,8 @@ pub mod fstab_apply;
 pub mod grub;
 pub mod grub_apply;
 pub mod initramfs;
+pub mod initramfs_verify;
+pub mod modprobe_conf;
 pub mod network;
 #[cfg(test)]
 mod proptests;
