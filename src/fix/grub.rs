@@ -224,6 +224,9 @@ struct CmdlineEdit {
     changes: Vec<(String, String)>,
     /// Parameters with an unstable device `resolve` had no UUID for.
     unresolved: Vec<String>,
+    /// `resume=` parameters removed: their device resolves to nothing on KVM, and a resume
+    /// device that never appears stalls every boot.
+    removed: Vec<String>,
 }
 
 /// Byte spans of the whitespace-separated words of `s`; a character of `quotes` opens a
@@ -284,6 +287,7 @@ fn edit_cmdline(
         text: String::with_capacity(cmdline.len() + 64),
         changes: Vec::new(),
         unresolved: Vec::new(),
+        removed: Vec::new(),
     };
     let mut copied_to = 0;
     for (s, e) in word_spans(cmdline, quotes) {
@@ -291,11 +295,30 @@ fn edit_cmdline(
         let Some((key, value)) = device_param(word) else {
             continue;
         };
-        if !is_unstable_device(value) {
+        let stable = if key == "resume" {
+            super::resume::is_stable_resume(value)
+        } else {
+            !is_unstable_device(value)
+        };
+        if stable {
             continue;
         }
         let uuid = resolve(value);
         let Some(uuid) = uuid.as_deref().and_then(usable_uuid) else {
+            if key == "resume" {
+                // The word goes with the blanks before it (after it when it comes first).
+                let before = cmdline[copied_to..s].trim_end_matches([' ', '\t']);
+                edit.text.push_str(before);
+                let after = &cmdline[e..];
+                copied_to = if edit.text.is_empty() {
+                    e + (after.len() - after.trim_start_matches([' ', '\t']).len())
+                } else {
+                    e
+                };
+                edit.changes.push((word.to_string(), String::new()));
+                edit.removed.push(word.to_string());
+                continue;
+            }
             edit.unresolved.push(word.to_string());
             continue;
         };
@@ -330,6 +353,12 @@ fn record_edit(line: &Line, field: &str, what: &str, edit: &CmdlineEdit, out: &m
             old: old.clone(),
             new: new.clone(),
         });
+    }
+    for param in &edit.removed {
+        out.warnings.push(format!(
+            "{what} line {}: {param} ({field}) names no swap area that exists on KVM; removed (no resume from hibernation)",
+            line.number
+        ));
     }
     for param in &edit.unresolved {
         out.warnings.push(format!(
@@ -616,6 +645,28 @@ mod tests {
                 )
             ]
         );
+    }
+
+    #[test]
+    fn cmdline_resume_without_swap_is_removed_with_a_warning() {
+        let (text, changes) = rewrite_cmdline("ro resume=/dev/sdq7 quiet", &resolve);
+        assert_eq!(text, "ro quiet");
+        assert_eq!(
+            changes,
+            vec![("resume=/dev/sdq7".to_string(), String::new())]
+        );
+        let (text, _) = rewrite_cmdline("resume=8:5  quiet", &resolve);
+        assert_eq!(text, "quiet");
+        let (text, _) = rewrite_cmdline("ro resume=/dev/sdq7", &resolve);
+        assert_eq!(text, "ro");
+        assert_eq!(rewrite_cmdline("ro", &resolve).1.len(), 0, "idempotent");
+        // root= without a UUID is kept (and warned about), never removed.
+        let (text, changes) = rewrite_cmdline("root=/dev/sdq1 ro", &resolve);
+        assert_eq!((text.as_str(), changes.len()), ("root=/dev/sdq1 ro", 0));
+        let out = rewrite_default_grub("GRUB_CMDLINE_LINUX=\"resume=/dev/sdq7 quiet\"\n", &resolve);
+        assert_eq!(out.text, "GRUB_CMDLINE_LINUX=\"quiet\"\n");
+        assert_eq!(out.warnings.len(), 1);
+        assert!(out.warnings[0].contains("removed"), "{:?}", out.warnings);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod fstab_apply;
 pub mod grub;
 pub mod grub_apply;
 pub mod initramfs;
+pub mod initramfs_conf_apply;
 pub mod initramfs_verify;
 pub mod modprobe_conf;
 pub mod network;
@@ -17,6 +18,7 @@ pub mod network;
 mod proptests;
 pub mod record;
 pub mod resume;
+pub mod resume_apply;
 pub mod text;
 pub mod uefi_fallback;
 pub mod vmware_tools;
@@ -195,7 +197,7 @@ pub fn skipped(name: &str, why: &str) -> FixRecord {
 }
 
 /// Run every enabled fix in order. fstab first (the initramfs and GRUB read it), then the
-/// initramfs, then GRUB (grub-mkconfig lists the rebuilt initramfs), then the optional ones.
+/// resume device of the initramfs configuration, then the initramfs, then GRUB (grub-mkconfig lists the rebuilt initramfs), then the optional ones.
 pub fn apply_all(
     guest: &Guest,
     plan: &crate::plan::FixPlan,
@@ -207,6 +209,8 @@ pub fn apply_all(
         return Ok(records);
     }
     records.push(fstab_apply::run(guest, plan.fstab_mode, warnings)?);
+    // Before the rebuild: the initramfs carries the resume device it waits for.
+    records.push(resume_apply::run(guest, warnings)?);
     if plan.initramfs {
         records.push(initramfs::run(guest, plan.force_initramfs, warnings)?);
     } else {
