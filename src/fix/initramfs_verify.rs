@@ -148,13 +148,13 @@ pub fn verify_image(
             modules.push(format!("{m} (built in)"));
             continue;
         }
-        let Some(dir) = dep_file else {
+        if dep_file.is_none() {
             reasons.push(format!(
                 "{m}: the image has no modules.dep for kernel {kver}{}",
                 other_kernels(&image.paths, m, kver)
             ));
             continue;
-        };
+        }
         let Some(path) = deps.path_of(m) else {
             reasons.push(format!(
                 "{m}: not in the image's modules.dep for {kver}{}",
@@ -162,9 +162,13 @@ pub fn verify_image(
             ));
             continue;
         };
+        // Merged-/usr images hold the files under usr/lib, others under lib; either counts.
         let in_image = |p: &str| {
             let rel = p.trim_start_matches('/');
-            paths.contains(format!("{dir}{rel}").as_str()) || paths.contains(rel)
+            paths.contains(rel)
+                || dirs
+                    .iter()
+                    .any(|d| paths.contains(format!("{d}{rel}").as_str()))
         };
         if !in_image(path) {
             reasons.push(format!(
