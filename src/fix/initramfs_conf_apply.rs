@@ -143,22 +143,12 @@ pub fn prepare(
                 let text = guest.g.read_to_string(&path).unwrap_or_default();
                 texts.push((path, text));
             }
-            let eff = effective(&texts);
-            let left = omitted(&eff, rebuild_adds, needed);
-            if !left.is_empty() {
-                let what: Vec<String> = left
-                    .iter()
-                    .map(|o| format!("{} (by {})", o.module, o.entry))
-                    .collect();
-                return Err(FixError::Failed {
+            notes.push(
+                check_dracut(&texts, rebuild_adds, needed).map_err(|message| FixError::Failed {
                     step: STEP,
-                    message: format!(
-                        "the guest's dracut configuration still omits {}",
-                        what.join(", ")
-                    ),
-                });
-            }
-            notes.push(format!("dracut effective: {}", eff.summary().join("; ")));
+                    message,
+                })?,
+            );
         }
         InitramfsTool::InitramfsTools => {
             let mut texts = Vec::new();
@@ -169,19 +159,52 @@ pub fn prepare(
                     texts.push((path, text));
                 }
             }
-            let eff = effective(&texts);
-            let modules = eff.get("MODULES");
-            notes.push(format!(
-                "initramfs-tools MODULES={} ({}); the virtio drivers are listed in /etc/initramfs-tools/modules, which every policy includes",
-                if modules.is_empty() { "most" } else { modules },
-                eff.set_by
-                    .get("MODULES")
-                    .map_or("default".to_string(), |v| v.join(", "))
-            ));
+            notes.push(modules_policy(&texts));
         }
         _ => {}
     }
     Ok((files, notes))
+}
+
+/// The effective dracut configuration of `texts` (in the order dracut reads them), for the
+/// report; Err when it still omits one of `needed` (`rebuild_adds`: the rebuild's
+/// `--add-drivers`, which dracut's own correction takes into account).
+pub fn check_dracut(
+    texts: &[(String, String)],
+    rebuild_adds: &[&str],
+    needed: &[&str],
+) -> Result<String, String> {
+    let eff = effective(texts);
+    let left = omitted(&eff, rebuild_adds, needed);
+    if !left.is_empty() {
+        let what: Vec<String> = left
+            .iter()
+            .map(|o| format!("{} (by {})", o.module, o.entry))
+            .collect();
+        return Err(format!(
+            "the guest's dracut configuration still omits {}",
+            what.join(", ")
+        ));
+    }
+    let summary = eff.summary();
+    Ok(if summary.is_empty() {
+        "dracut effective: defaults".to_string()
+    } else {
+        format!("dracut effective: {}", summary.join("; "))
+    })
+}
+
+/// The `MODULES=` policy initramfs-tools uses (`texts`: initramfs.conf, then conf.d/* by name).
+pub fn modules_policy(texts: &[(String, String)]) -> String {
+    let eff = effective(texts);
+    let modules = eff.get("MODULES");
+    format!(
+        "initramfs-tools MODULES={} ({}); the virtio drivers are listed in /etc/initramfs-tools/modules, which every policy includes",
+        if modules.is_empty() { "most" } else { modules },
+        eff.set_by
+            .get("MODULES")
+            .map_or("default".to_string(), |v| v.join(", "))
+    )
 }
 
 /// Read `initramfs` on the host and verify it for kernel `kver` (see
@@ -221,4 +244,54 @@ fn read_on_host(guest: &Guest, path: &str) -> Result<crate::initramfs_image::Ima
         .download(path, tmp.path())
         .map_err(|e| e.to_string())?;
     crate::initramfs_image::read_image_from_file(tmp.path(), wanted).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn dracut_check_reports_the_effective_settings_or_what_is_still_omitted() {
+        let ok = texts(&[(
+            "/etc/dracut.conf.d/10-vmware.conf",
+            "hostonly=\"yes\"\nomit_drivers+=\" floppy \"\n",
+        )]);
+        let note = check_dracut(&ok, &["virtio_blk"], &["virtio_blk"]).unwrap();
+        assert!(
+            note.contains("hostonly=\"yes\" (/etc/dracut.conf.d/10-vmware.conf:1)"),
+            "{note}"
+        );
+        assert!(note.contains("omit_drivers=\"floppy\""), "{note}");
+        let bad = texts(&[(
+            "/etc/dracut.conf.d/90-x.conf",
+            "omit_drivers+=\" virtio.* \"\n",
+        )]);
+        let err = check_dracut(&bad, &["virtio_blk"], &["virtio_blk", "virtio_ring"]).unwrap_err();
+        assert_eq!(
+            err,
+            "the guest's dracut configuration still omits virtio_blk (by virtio.*), virtio_ring (by virtio.*)"
+        );
+        assert_eq!(
+            check_dracut(&[], &[], &["virtio_blk"]).unwrap(),
+            "dracut effective: defaults"
+        );
+    }
+
+    #[test]
+    fn modules_policy_is_the_last_setting() {
+        let t = texts(&[
+            ("/etc/initramfs-tools/initramfs.conf", "MODULES=most\n"),
+            ("/etc/initramfs-tools/conf.d/driver-policy", "MODULES=dep\n"),
+        ]);
+        assert!(modules_policy(&t).starts_with(
+            "initramfs-tools MODULES=dep (/etc/initramfs-tools/conf.d/driver-policy:1)"
+        ));
+        assert!(modules_policy(&[]).starts_with("initramfs-tools MODULES=most (default)"));
+    }
 }
