@@ -34,6 +34,23 @@ const KERNEL_COMMANDS: [&str; 6] = [
     "linux", "linux16", "linuxefi", "kernel", "module", "module2",
 ];
 
+/// How a device name on a kernel command line becomes a UUID: any filesystem's for `root=`,
+/// a swap area's for `resume=`. A plain `Fn(&str) -> Option<String>` is both.
+pub trait Resolve {
+    fn uuid(&self, device: &str) -> Option<String>;
+    /// The UUID of the swap area at `device`; None when there is none (the `resume=` is then
+    /// removed).
+    fn swap_uuid(&self, device: &str) -> Option<String> {
+        self.uuid(device)
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Resolve for F {
+    fn uuid(&self, device: &str) -> Option<String> {
+        self(device)
+    }
+}
+
 /// A kernel line of a GRUB config whose `root=` will not exist on KVM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BadRoot {
@@ -48,10 +65,7 @@ pub struct BadRoot {
 /// `/dev/disk/by-id/…`) to `root=UUID=<resolve(dev)>`. Everything else, whitespace included,
 /// is kept; a device `resolve` knows nothing about is kept too. Returns the new command line
 /// and the `(old, new)` parameters replaced, e.g. `("root=/dev/sda1", "root=UUID=…")`.
-pub fn rewrite_cmdline(
-    cmdline: &str,
-    resolve: &dyn Fn(&str) -> Option<String>,
-) -> (String, Vec<(String, String)>) {
+pub fn rewrite_cmdline(cmdline: &str, resolve: &dyn Resolve) -> (String, Vec<(String, String)>) {
     let edit = edit_cmdline(cmdline, resolve, &['"']);
     (edit.text, edit.changes)
 }
@@ -65,7 +79,7 @@ pub fn unstable_root(cmdline: &str) -> Option<String> {
 /// `/etc/default/grub` (and `/etc/default/grub.d/*.cfg`), shell syntax: apply
 /// [`rewrite_cmdline`] inside `GRUB_CMDLINE_LINUX*=` values, quoted with `"`, `'` or not at
 /// all, and comment out `GRUB_DISABLE_LINUX_UUID=true`. Other keys and comments are kept.
-pub fn rewrite_default_grub(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Rewrite {
+pub fn rewrite_default_grub(text: &str, resolve: &dyn Resolve) -> Rewrite {
     let mut out = Rewrite {
         text: String::with_capacity(text.len() + 128),
         ..Rewrite::default()
@@ -80,7 +94,7 @@ pub fn rewrite_default_grub(text: &str, resolve: &dyn Fn(&str) -> Option<String>
 
 /// A BootLoaderSpec entry (`/boot/loader/entries/*.conf`): the `options` lines' command line.
 /// An `options $kernelopts` line takes its `root=` from grubenv: see [`rewrite_grubenv`].
-pub fn rewrite_bls_entry(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Rewrite {
+pub fn rewrite_bls_entry(text: &str, resolve: &dyn Resolve) -> Rewrite {
     rewrite_command_lines(
         text,
         resolve,
@@ -94,7 +108,7 @@ pub fn rewrite_bls_entry(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -
 /// A GRUB config patched in place (grub.cfg, or GRUB legacy menu.lst): the command line of
 /// every `linux`, `linux16`, `linuxefi`, `kernel`, `module` and `module2` line, indented or
 /// not. [`Change::field`] is the title of the menu entry the line belongs to.
-pub fn rewrite_grub_cfg_cmdlines(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Rewrite {
+pub fn rewrite_grub_cfg_cmdlines(text: &str, resolve: &dyn Resolve) -> Rewrite {
     rewrite_command_lines(
         text,
         resolve,
@@ -108,7 +122,7 @@ pub fn rewrite_grub_cfg_cmdlines(text: &str, resolve: &dyn Fn(&str) -> Option<St
 /// `/boot/grub2/grubenv` (1024-byte block, `#`-padded): the `kernelopts=` variable that BLS
 /// entries use as `options $kernelopts`. The padding shrinks or grows so the block keeps its
 /// size; when there is no room the text is returned unchanged with a warning.
-pub fn rewrite_grubenv(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Rewrite {
+pub fn rewrite_grubenv(text: &str, resolve: &dyn Resolve) -> Rewrite {
     let (content, padding) = match text.rfind('\n') {
         Some(i) if !text[i + 1..].is_empty() && text[i + 1..].bytes().all(|b| b == b'#') => {
             text.split_at(i + 1)
@@ -278,11 +292,7 @@ fn device_param(word: &str) -> Option<(&str, &str)> {
         .then(|| (key, strip_quotes(value)))
 }
 
-fn edit_cmdline(
-    cmdline: &str,
-    resolve: &dyn Fn(&str) -> Option<String>,
-    quotes: &[char],
-) -> CmdlineEdit {
+fn edit_cmdline(cmdline: &str, resolve: &dyn Resolve, quotes: &[char]) -> CmdlineEdit {
     let mut edit = CmdlineEdit {
         text: String::with_capacity(cmdline.len() + 64),
         changes: Vec::new(),
@@ -303,7 +313,11 @@ fn edit_cmdline(
         if stable {
             continue;
         }
-        let uuid = resolve(value);
+        let uuid = if key == "resume" {
+            resolve.swap_uuid(value)
+        } else {
+            resolve.uuid(value)
+        };
         let Some(uuid) = uuid.as_deref().and_then(usable_uuid) else {
             if key == "resume" {
                 // The word goes with the blanks before it (after it when it comes first).
@@ -396,7 +410,7 @@ fn menu_title(body: &str) -> Option<String> {
 /// With `menu_titles`, changes are named after the enclosing menu entry.
 fn rewrite_command_lines(
     text: &str,
-    resolve: &dyn Fn(&str) -> Option<String>,
+    resolve: &dyn Resolve,
     what: &str,
     menu_titles: bool,
     is_command: impl Fn(&str) -> bool,
@@ -499,11 +513,7 @@ fn find_closing_double_quote(s: &str) -> Option<usize> {
     None
 }
 
-fn default_grub_line(
-    line: &Line,
-    resolve: &dyn Fn(&str) -> Option<String>,
-    out: &mut Rewrite,
-) -> Option<String> {
+fn default_grub_line(line: &Line, resolve: &dyn Resolve, out: &mut Rewrite) -> Option<String> {
     let body = line.body;
     if body.trim_start().starts_with('#') {
         return None;
@@ -669,6 +679,29 @@ mod tests {
         assert!(out.warnings[0].contains("removed"), "{:?}", out.warnings);
     }
 
+    /// Every device resolves, but only /dev/sda5 is a swap area.
+    struct SwapOnlyOnSda5;
+
+    impl Resolve for SwapOnlyOnSda5 {
+        fn uuid(&self, _device: &str) -> Option<String> {
+            Some(ROOT.to_string())
+        }
+
+        fn swap_uuid(&self, device: &str) -> Option<String> {
+            (device == "/dev/sda5").then(|| SWAP.to_string())
+        }
+    }
+
+    #[test]
+    fn cmdline_resume_takes_the_swap_uuid_and_a_non_swap_resume_goes() {
+        let (text, _) = rewrite_cmdline("root=/dev/sda1 resume=/dev/sda5", &SwapOnlyOnSda5);
+        assert_eq!(text, format!("root=UUID={ROOT} resume=UUID={SWAP}"));
+        let (text, changes) =
+            rewrite_cmdline("root=/dev/sda1 resume=/dev/sda1 ro", &SwapOnlyOnSda5);
+        assert_eq!(text, format!("root=UUID={ROOT} ro"));
+        assert_eq!(changes[1], ("resume=/dev/sda1".to_string(), String::new()));
+    }
+
     #[test]
     fn cmdline_stable_values_are_kept() {
         for cmdline in [
@@ -732,10 +765,13 @@ mod tests {
 
     #[test]
     fn cmdline_rejects_a_resolver_answer_that_is_not_a_uuid() {
-        let (text, changes) = rewrite_cmdline("root=/dev/sda1 ro", &|_| Some("not a uuid".into()));
+        let (text, changes) =
+            rewrite_cmdline("root=/dev/sda1 ro", &|_: &str| Some("not a uuid".into()));
         assert_eq!(text, "root=/dev/sda1 ro");
         assert!(changes.is_empty());
-        let (text, _) = rewrite_cmdline("root=/dev/sda1 ro", &|_| Some(format!("UUID={ROOT}\n")));
+        let (text, _) = rewrite_cmdline("root=/dev/sda1 ro", &|_: &str| {
+            Some(format!("UUID={ROOT}\n"))
+        });
         assert_eq!(text, format!("{} ro", root()));
     }
 
