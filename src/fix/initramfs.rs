@@ -133,24 +133,30 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
     } else {
         (Vec::new(), Vec::new())
     };
+    let mut rebuild_reason = None;
     if has_required(kernel) && !force {
         // The file names are there; rebuild anyway unless the image proves it boots virtio
         // (and the configuration it was made with was not just changed).
-        let proven = match (&kernel.initramfs, files.is_empty()) {
-            (Some(image), true) if supported => {
+        let proven = match &kernel.initramfs {
+            // Everything built in and no image: nothing to rebuild.
+            None => true,
+            Some(_) if !supported => true,
+            Some(_) if !files.is_empty() => {
+                rebuild_reason = Some("its configuration was changed".to_string());
+                false
+            }
+            Some(image) => {
                 match conf::verify(guest, image, &kernel.version, REQUIRED, os.initramfs_tool) {
-                    Ok(Some(_)) => Some(()),
-                    // Not readable on the host: the file names are all there is, as before.
-                    Ok(None) => Some(()),
+                    // Not readable on the host (Ok(None)): the file names are all there is.
+                    Ok(_) => true,
                     Err(reasons) => {
-                        log::info!("{image}: rebuilding: {}", reasons.join("; "));
-                        None
+                        rebuild_reason = Some(reasons.join("; "));
+                        false
                     }
                 }
             }
-            _ => None,
         };
-        if proven.is_some() || !supported {
+        if proven {
             return Ok(skipped(
                 STEP,
                 &format!(
@@ -264,6 +270,9 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
                 compression,
                 t.elapsed().as_secs_f64(),
             );
+            if let Some(why) = &rebuild_reason {
+                note.push_str(&format!("; rebuilt although the drivers were there: {why}"));
+            }
             for n in &notes {
                 note.push_str("; ");
                 note.push_str(n);

@@ -210,10 +210,17 @@ pub fn apply_all(
     }
     records.push(fstab_apply::run(guest, plan.fstab_mode, warnings)?);
     // Before the rebuild: the initramfs carries the resume device it waits for.
-    records.push(resume_apply::run(guest, warnings)?);
+    let resume = resume_apply::run(guest, warnings)?;
+    let resume_changed = resume.status == FixStatus::Changed;
+    records.push(resume);
     if plan.initramfs {
         records.push(initramfs::run(guest, plan.force_initramfs, warnings)?);
     } else {
+        if resume_changed {
+            warnings.push(
+                "the resume device was changed in the initramfs configuration, but the initramfs is not rebuilt (disabled): the current image still waits for the old one".into(),
+            );
+        }
         records.push(skipped("initramfs", "disabled"));
     }
     if plan.update_grub {
