@@ -508,6 +508,30 @@ kernel/drivers/virtio/virtio_ring.ko.xz:
         assert!(err[0].contains("resume device /dev/sdb2"), "{err:?}");
     }
 
+    /// `H2K_REAL_INITRAMFS=/boot/initrd.img-V H2K_REAL_KVER=V cargo test -- --ignored real_image`
+    #[test]
+    #[ignore = "reads a real image named by H2K_REAL_INITRAMFS"]
+    fn real_image() {
+        let path = std::env::var("H2K_REAL_INITRAMFS").unwrap();
+        let kver = std::env::var("H2K_REAL_KVER").unwrap();
+        let started = std::time::Instant::now();
+        let img = crate::initramfs_image::read_image_from_file(path.as_ref(), wanted).unwrap();
+        let builtin = std::fs::read_to_string(format!("/lib/modules/{kver}/modules.builtin"))
+            .unwrap_or_default();
+        let kept: usize = img.files.values().map(Vec::len).sum();
+        println!(
+            "{} paths, {} files kept ({kept} bytes), read in {:.2} s",
+            img.paths.len(),
+            img.files.len(),
+            started.elapsed().as_secs_f64()
+        );
+        println!("kept: {:?}", img.files.keys().collect::<Vec<_>>());
+        println!(
+            "{:#?}",
+            verify_image(&img, &kver, &builtin, REQ, Generator::InitramfsTools)
+        );
+    }
+
     #[test]
     fn wanted_picks_the_configuration_files() {
         for p in [

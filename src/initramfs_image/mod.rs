@@ -1,5 +1,6 @@
 //! List the files in a Linux initramfs image on the host, without running the guest's
-//! `lsinitramfs`/`lsinitrd` inside the appliance.
+//! `lsinitramfs`/`lsinitrd` inside the appliance, and keep the contents of the few small files
+//! a caller asks for ([`read_image`]: the image's own `modules.dep`, `modprobe.d`, config).
 //!
 //! An image is what the kernel's `init/initramfs.c` unpacks (see the kernel's
 //! `Documentation/driver-api/early-userspace/buffer-format.rst`): a sequence of segments, each
