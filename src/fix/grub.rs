@@ -34,6 +34,23 @@ const KERNEL_COMMANDS: [&str; 6] = [
     "linux", "linux16", "linuxefi", "kernel", "module", "module2",
 ];
 
+/// How a device name on a kernel command line becomes a UUID: any filesystem's for `root=`,
+/// a swap area's for `resume=`. A plain `Fn(&str) -> Option<String>` is both.
+pub trait Resolve {
+    fn uuid(&self, device: &str) -> Option<String>;
+    /// The UUID of the swap area at `device`; None when there is none (the `resume=` is then
+    /// removed).
+    fn swap_uuid(&self, device: &str) -> Option<String> {
+        self.uuid(device)
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Resolve for F {
+    fn uuid(&self, device: &str) -> Option<String> {
+        self(device)
+    }
+}
+
 /// A kernel line of a GRUB config whose `root=` will not exist on KVM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BadRoot {
@@ -48,10 +65,7 @@ pub struct BadRoot {
 /// `/dev/disk/by-id/…`) to `root=UUID=<resolve(dev)>`. Everything else, whitespace included,
 /// is kept; a device `resolve` knows nothing about is kept too. Returns the new command line
 /// and the `(old, new)` parameters replaced, e.g. `("root=/dev/sda1", "root=UUID=…")`.
-pub fn rewrite_cmdline(
-    cmdline: &str,
-    resolve: &dyn Fn(&str) -> Option<String>,
-) -> (String, Vec<(String, String)>) {
+pub fn rewrite_cmdline(cmdline: &str, resolve: &dyn Resolve) -> (String, Vec<(String, String)>) {
     let edit = edit_cmdline(cmdline, resolve, &['"']);
     (edit.text, edit.changes)
 }
@@ -65,7 +79,7 @@ pub fn unstable_root(cmdline: &str) -> Option<String> {
 /// `/etc/default/grub` (and `/etc/default/grub.d/*.cfg`), shell syntax: apply
 /// [`rewrite_cmdline`] inside `GRUB_CMDLINE_LINUX*=` values, quoted with `"`, `'` or not at
 /// all, and comment out `GRUB_DISABLE_LINUX_UUID=true`. Other keys and comments are kept.
-pub fn rewrite_default_grub(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Rewrite {
+pub fn rewrite_default_grub(text: &str, resolve: &dyn Resolve) -> Rewrite {
     let mut out = Rewrite {
         text: String::with_capacity(text.len() + 128),
         ..Rewrite::default()
@@ -80,7 +94,7 @@ pub fn rewrite_default_grub(text: &str, resolve: &dyn Fn(&str) -> Option<String>
 
 /// A BootLoaderSpec entry (`/boot/loader/entries/*.conf`): the `options` lines' command line.
 /// An `options $kernelopts` line takes its `root=` from grubenv: see [`rewrite_grubenv`].
-pub fn rewrite_bls_entry(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Rewrite {
+pub fn rewrite_bls_entry(text: &str, resolve: &dyn Resolve) -> Rewrite {
     rewrite_command_lines(
         text,
         resolve,
@@ -94,7 +108,7 @@ pub fn rewrite_bls_entry(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -
 /// A GRUB config patched in place (grub.cfg, or GRUB legacy menu.lst): the command line of
 /// every `linux`, `linux16`, `linuxefi`, `kernel`, `module` and `module2` line, indented or
 /// not. [`Change::field`] is the title of the menu entry the line belongs to.
-pub fn rewrite_grub_cfg_cmdlines(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Rewrite {
+pub fn rewrite_grub_cfg_cmdlines(text: &str, resolve: &dyn Resolve) -> Rewrite {
     rewrite_command_lines(
         text,
         resolve,
@@ -108,7 +122,7 @@ pub fn rewrite_grub_cfg_cmdlines(text: &str, resolve: &dyn Fn(&str) -> Option<St
 /// `/boot/grub2/grubenv` (1024-byte block, `#`-padded): the `kernelopts=` variable that BLS
 /// entries use as `options $kernelopts`. The padding shrinks or grows so the block keeps its
 /// size; when there is no room the text is returned unchanged with a warning.
-pub fn rewrite_grubenv(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Rewrite {
+pub fn rewrite_grubenv(text: &str, resolve: &dyn Resolve) -> Rewrite {
     let (content, padding) = match text.rfind('\n') {
         Some(i) if !text[i + 1..].is_empty() && text[i + 1..].bytes().all(|b| b == b'#') => {
             text.split_at(i + 1)
@@ -224,6 +238,9 @@ struct CmdlineEdit {
     changes: Vec<(String, String)>,
     /// Parameters with an unstable device `resolve` had no UUID for.
     unresolved: Vec<String>,
+    /// `resume=` parameters removed: their device resolves to nothing on KVM, and a resume
+    /// device that never appears stalls every boot.
+    removed: Vec<String>,
 }
 
 /// Byte spans of the whitespace-separated words of `s`; a character of `quotes` opens a
@@ -275,15 +292,12 @@ fn device_param(word: &str) -> Option<(&str, &str)> {
         .then(|| (key, strip_quotes(value)))
 }
 
-fn edit_cmdline(
-    cmdline: &str,
-    resolve: &dyn Fn(&str) -> Option<String>,
-    quotes: &[char],
-) -> CmdlineEdit {
+fn edit_cmdline(cmdline: &str, resolve: &dyn Resolve, quotes: &[char]) -> CmdlineEdit {
     let mut edit = CmdlineEdit {
         text: String::with_capacity(cmdline.len() + 64),
         changes: Vec::new(),
         unresolved: Vec::new(),
+        removed: Vec::new(),
     };
     let mut copied_to = 0;
     for (s, e) in word_spans(cmdline, quotes) {
@@ -291,11 +305,34 @@ fn edit_cmdline(
         let Some((key, value)) = device_param(word) else {
             continue;
         };
-        if !is_unstable_device(value) {
+        let stable = if key == "resume" {
+            super::resume::is_stable_resume(value)
+        } else {
+            !is_unstable_device(value)
+        };
+        if stable {
             continue;
         }
-        let uuid = resolve(value);
+        let uuid = if key == "resume" {
+            resolve.swap_uuid(value)
+        } else {
+            resolve.uuid(value)
+        };
         let Some(uuid) = uuid.as_deref().and_then(usable_uuid) else {
+            if key == "resume" {
+                // The word goes with the blanks before it (after it when it comes first).
+                let before = cmdline[copied_to..s].trim_end_matches([' ', '\t']);
+                edit.text.push_str(before);
+                let after = &cmdline[e..];
+                copied_to = if edit.text.is_empty() {
+                    e + (after.len() - after.trim_start_matches([' ', '\t']).len())
+                } else {
+                    e
+                };
+                edit.changes.push((word.to_string(), String::new()));
+                edit.removed.push(word.to_string());
+                continue;
+            }
             edit.unresolved.push(word.to_string());
             continue;
         };
@@ -330,6 +367,12 @@ fn record_edit(line: &Line, field: &str, what: &str, edit: &CmdlineEdit, out: &m
             old: old.clone(),
             new: new.clone(),
         });
+    }
+    for param in &edit.removed {
+        out.warnings.push(format!(
+            "{what} line {}: {param} ({field}) names no swap area that exists on KVM; removed (no resume from hibernation)",
+            line.number
+        ));
     }
     for param in &edit.unresolved {
         out.warnings.push(format!(
@@ -367,7 +410,7 @@ fn menu_title(body: &str) -> Option<String> {
 /// With `menu_titles`, changes are named after the enclosing menu entry.
 fn rewrite_command_lines(
     text: &str,
-    resolve: &dyn Fn(&str) -> Option<String>,
+    resolve: &dyn Resolve,
     what: &str,
     menu_titles: bool,
     is_command: impl Fn(&str) -> bool,
@@ -470,11 +513,7 @@ fn find_closing_double_quote(s: &str) -> Option<usize> {
     None
 }
 
-fn default_grub_line(
-    line: &Line,
-    resolve: &dyn Fn(&str) -> Option<String>,
-    out: &mut Rewrite,
-) -> Option<String> {
+fn default_grub_line(line: &Line, resolve: &dyn Resolve, out: &mut Rewrite) -> Option<String> {
     let body = line.body;
     if body.trim_start().starts_with('#') {
         return None;
@@ -619,6 +658,51 @@ mod tests {
     }
 
     #[test]
+    fn cmdline_resume_without_swap_is_removed_with_a_warning() {
+        let (text, changes) = rewrite_cmdline("ro resume=/dev/sdq7 quiet", &resolve);
+        assert_eq!(text, "ro quiet");
+        assert_eq!(
+            changes,
+            vec![("resume=/dev/sdq7".to_string(), String::new())]
+        );
+        let (text, _) = rewrite_cmdline("resume=8:5  quiet", &resolve);
+        assert_eq!(text, "quiet");
+        let (text, _) = rewrite_cmdline("ro resume=/dev/sdq7", &resolve);
+        assert_eq!(text, "ro");
+        assert_eq!(rewrite_cmdline("ro", &resolve).1.len(), 0, "idempotent");
+        // root= without a UUID is kept (and warned about), never removed.
+        let (text, changes) = rewrite_cmdline("root=/dev/sdq1 ro", &resolve);
+        assert_eq!((text.as_str(), changes.len()), ("root=/dev/sdq1 ro", 0));
+        let out = rewrite_default_grub("GRUB_CMDLINE_LINUX=\"resume=/dev/sdq7 quiet\"\n", &resolve);
+        assert_eq!(out.text, "GRUB_CMDLINE_LINUX=\"quiet\"\n");
+        assert_eq!(out.warnings.len(), 1);
+        assert!(out.warnings[0].contains("removed"), "{:?}", out.warnings);
+    }
+
+    /// Every device resolves, but only /dev/sda5 is a swap area.
+    struct SwapOnlyOnSda5;
+
+    impl Resolve for SwapOnlyOnSda5 {
+        fn uuid(&self, _device: &str) -> Option<String> {
+            Some(ROOT.to_string())
+        }
+
+        fn swap_uuid(&self, device: &str) -> Option<String> {
+            (device == "/dev/sda5").then(|| SWAP.to_string())
+        }
+    }
+
+    #[test]
+    fn cmdline_resume_takes_the_swap_uuid_and_a_non_swap_resume_goes() {
+        let (text, _) = rewrite_cmdline("root=/dev/sda1 resume=/dev/sda5", &SwapOnlyOnSda5);
+        assert_eq!(text, format!("root=UUID={ROOT} resume=UUID={SWAP}"));
+        let (text, changes) =
+            rewrite_cmdline("root=/dev/sda1 resume=/dev/sda1 ro", &SwapOnlyOnSda5);
+        assert_eq!(text, format!("root=UUID={ROOT} ro"));
+        assert_eq!(changes[1], ("resume=/dev/sda1".to_string(), String::new()));
+    }
+
+    #[test]
     fn cmdline_stable_values_are_kept() {
         for cmdline in [
             "root=UUID=abc ro",
@@ -681,10 +765,13 @@ mod tests {
 
     #[test]
     fn cmdline_rejects_a_resolver_answer_that_is_not_a_uuid() {
-        let (text, changes) = rewrite_cmdline("root=/dev/sda1 ro", &|_| Some("not a uuid".into()));
+        let (text, changes) =
+            rewrite_cmdline("root=/dev/sda1 ro", &|_: &str| Some("not a uuid".into()));
         assert_eq!(text, "root=/dev/sda1 ro");
         assert!(changes.is_empty());
-        let (text, _) = rewrite_cmdline("root=/dev/sda1 ro", &|_| Some(format!("UUID={ROOT}\n")));
+        let (text, _) = rewrite_cmdline("root=/dev/sda1 ro", &|_: &str| {
+            Some(format!("UUID={ROOT}\n"))
+        });
         assert_eq!(text, format!("{} ro", root()));
     }
 

@@ -5,10 +5,14 @@
 //! initramfs the kernel never finds its root ("Gave up waiting for root file system device").
 //! The guest's own tool rebuilds it inside the appliance: dracut with `--add-drivers`, or
 //! initramfs-tools with `/etc/initramfs-tools/modules`. Both config files are also written so
-//! the guest's next kernel update keeps the drivers.
+//! the guest's next kernel update keeps the drivers, and whatever in the guest's
+//! configuration omits or blocks them is lifted first ([`super::initramfs_conf_apply`]). The
+//! rebuilt image is verified on the host: modules, dependencies and configuration of the image
+//! itself ([`super::initramfs_verify`]).
 
 use std::time::Instant;
 
+use super::initramfs_conf_apply as conf;
 use super::{record, skipped, FixError, Guest};
 use super::{FileChange, FixRecord};
 use crate::inspect::{self, InitramfsTool, Kernel};
@@ -20,7 +24,9 @@ pub const ALSO: &[&str] = &["virtio_ring", "virtio"];
 
 const STEP: &str = "initramfs";
 const INITRAMFS_TOOLS_MODULES: &str = "/etc/initramfs-tools/modules";
-const DRACUT_CONF: &str = "/etc/dracut.conf.d/60-h2k-guest-virtio.conf";
+/// Sorts after the drop-ins a template usually has (`10-…` to `90-…`), so that its lifting of
+/// virtio omissions runs after theirs; the drop-ins themselves are fixed as well.
+pub const DRACUT_CONF: &str = "/etc/dracut.conf.d/99-h2k-guest-virtio.conf";
 
 /// `/etc/initramfs-tools/modules` with every module of `modules` listed once (kept order,
 /// comments untouched, missing ones appended under one explanatory comment).
@@ -53,7 +59,7 @@ pub fn ensure_modules_listed(text: &str, modules: &[&str]) -> String {
 
 /// The dracut drop-in that keeps virtio drivers in future initramfs images. dracut drops any
 /// driver matching `omit_drivers` even when it is in `add_drivers`, so virtio patterns are
-/// also taken out of an `omit_drivers` set by earlier drop-ins (this one sorts after them).
+/// also taken out of an `omit_drivers` set by earlier drop-ins (this one sorts after the usual ones).
 /// `read -a` splits without glob expansion, so patterns like `virtio.*` stay literal.
 pub fn dracut_conf(modules: &[&str]) -> String {
     format!(
@@ -114,15 +120,52 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
     let Some(kernel) = chosen.first().copied() else {
         return Ok(skipped(STEP, "no kernel found in /boot"));
     };
+    let all: Vec<&str> = REQUIRED.iter().chain(ALSO).copied().collect();
+    let kept: Vec<&str> = all.iter().chain(conf::KEPT).copied().collect();
+    let needed = conf::needed_modules(guest, &kernel.version, &kept);
+    let needed: Vec<&str> = needed.iter().map(String::as_str).collect();
+    let supported = matches!(
+        os.initramfs_tool,
+        InitramfsTool::Dracut | InitramfsTool::InitramfsTools
+    );
+    let (mut files, notes) = if supported {
+        conf::prepare(guest, os.initramfs_tool, &needed, &all, warnings)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let mut rebuild_reason = None;
     if has_required(kernel) && !force {
-        return Ok(skipped(
-            STEP,
-            &format!(
-                "initramfs of {} already has {}; no rebuild needed",
-                kernel.version,
-                REQUIRED.join(", ")
-            ),
-        ));
+        // The file names are there; rebuild anyway unless the image proves it boots virtio
+        // (and the configuration it was made with was not just changed).
+        let proven = match &kernel.initramfs {
+            // Everything built in and no image: nothing to rebuild.
+            None => true,
+            Some(_) if !supported => true,
+            Some(_) if !files.is_empty() => {
+                rebuild_reason = Some("its configuration was changed".to_string());
+                false
+            }
+            Some(image) => {
+                match conf::verify(guest, image, &kernel.version, REQUIRED, os.initramfs_tool) {
+                    // Not readable on the host (Ok(None)): the file names are all there is.
+                    Ok(_) => true,
+                    Err(reasons) => {
+                        rebuild_reason = Some(reasons.join("; "));
+                        false
+                    }
+                }
+            }
+        };
+        if proven {
+            return Ok(skipped(
+                STEP,
+                &format!(
+                    "initramfs of {} already has {}; no rebuild needed",
+                    kernel.version,
+                    REQUIRED.join(", ")
+                ),
+            ));
+        }
     }
     let Some(initramfs) = kernel.initramfs.clone() else {
         return Err(FixError::Failed {
@@ -130,8 +173,6 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
             message: format!("kernel {} has no initramfs in /boot", kernel.version),
         });
     };
-    let all: Vec<&str> = REQUIRED.iter().chain(ALSO).copied().collect();
-    let mut files: Vec<FileChange> = Vec::new();
 
     // (tool, how it compresses, argv)
     let (tool, compression, rebuild): (&str, String, Vec<String>) = match os.initramfs_tool {
@@ -212,22 +253,7 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
             step: STEP,
             message: format!("{} failed: {}", tool, cause.message),
         })
-        .and_then(|_| {
-            let found = inspect::virtio_in_boot(guest.g, &kernel.version, Some(&initramfs)).modules;
-            let missing: Vec<&str> = REQUIRED
-                .iter()
-                .copied()
-                .filter(|m| !found.iter().any(|f| f == m))
-                .collect();
-            if missing.is_empty() {
-                Ok(found)
-            } else {
-                Err(FixError::Failed {
-                    step: STEP,
-                    message: format!("rebuilt {initramfs} still lacks {}", missing.join(", ")),
-                })
-            }
-        });
+        .and_then(|_| verify_rebuilt(guest, &initramfs, &kernel.version, os.initramfs_tool));
     match outcome {
         Ok(found) => {
             if guest.backup {
@@ -238,16 +264,23 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
             } else {
                 guest.g.rm(&saved).map_err(Guest::err(STEP))?;
             }
+            let mut note = format!(
+                "rebuilt with {} ({}) in {:.1} s; {found}",
+                tool,
+                compression,
+                t.elapsed().as_secs_f64(),
+            );
+            if let Some(why) = &rebuild_reason {
+                note.push_str(&format!("; rebuilt although the drivers were there: {why}"));
+            }
+            for n in &notes {
+                note.push_str("; ");
+                note.push_str(n);
+            }
             files.push(FileChange {
                 path: initramfs.clone(),
                 diff: String::new(),
-                note: format!(
-                    "rebuilt with {} ({}) in {:.1} s; now contains {}",
-                    tool,
-                    compression,
-                    t.elapsed().as_secs_f64(),
-                    found.join(", ")
-                ),
+                note,
             });
             Ok(record(
                 STEP,
@@ -263,6 +296,53 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
             let _ = guest.g.mv(&saved, &initramfs);
             Err(e)
         }
+    }
+}
+
+/// What the rebuilt image was verified to hold, for the note; an error of the step when it
+/// would not boot a virtio disk.
+fn verify_rebuilt(
+    guest: &Guest,
+    initramfs: &str,
+    kver: &str,
+    tool: InitramfsTool,
+) -> Result<String, FixError> {
+    match conf::verify(guest, initramfs, kver, REQUIRED, tool) {
+        Ok(Some(v)) => {
+            let mut text = format!("verified in the image for {kver}: {}", v.modules.join(", "));
+            match v.resume {
+                Some((value, path)) => text.push_str(&format!("; resume device {value} ({path})")),
+                None => text.push_str("; no resume device"),
+            }
+            Ok(text)
+        }
+        Ok(None) => {
+            // Not readable on the host: the file names the guest's lister gives are all we have.
+            let found = inspect::virtio_in_boot(guest.g, kver, Some(initramfs)).modules;
+            let missing: Vec<&str> = REQUIRED
+                .iter()
+                .copied()
+                .filter(|m| !found.iter().any(|f| f == m))
+                .collect();
+            if missing.is_empty() {
+                Ok(format!(
+                    "now contains {} (file names only: the image could not be read on the host)",
+                    found.join(", ")
+                ))
+            } else {
+                Err(FixError::Failed {
+                    step: STEP,
+                    message: format!("rebuilt {initramfs} still lacks {}", missing.join(", ")),
+                })
+            }
+        }
+        Err(reasons) => Err(FixError::Failed {
+            step: STEP,
+            message: format!(
+                "rebuilt {initramfs} would not boot on virtio: {}",
+                reasons.join("; ")
+            ),
+        }),
     }
 }
 

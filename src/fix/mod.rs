@@ -4,15 +4,21 @@
 //! All steps run in the one appliance the pipeline launched, on the writable overlay; the
 //! guest's own binaries (grub-mkconfig, update-initramfs, dracut) run chrooted in it.
 
+pub mod dracut_conf;
 pub mod fstab;
 pub mod fstab_apply;
 pub mod grub;
 pub mod grub_apply;
 pub mod initramfs;
+pub mod initramfs_conf_apply;
+pub mod initramfs_verify;
+pub mod modprobe_conf;
 pub mod network;
 #[cfg(test)]
 mod proptests;
 pub mod record;
+pub mod resume;
+pub mod resume_apply;
 pub mod text;
 pub mod uefi_fallback;
 pub mod vmware_tools;
@@ -191,7 +197,7 @@ pub fn skipped(name: &str, why: &str) -> FixRecord {
 }
 
 /// Run every enabled fix in order. fstab first (the initramfs and GRUB read it), then the
-/// initramfs, then GRUB (grub-mkconfig lists the rebuilt initramfs), then the optional ones.
+/// resume device of the initramfs configuration, then the initramfs, then GRUB (grub-mkconfig lists the rebuilt initramfs), then the optional ones.
 pub fn apply_all(
     guest: &Guest,
     plan: &crate::plan::FixPlan,
@@ -203,9 +209,18 @@ pub fn apply_all(
         return Ok(records);
     }
     records.push(fstab_apply::run(guest, plan.fstab_mode, warnings)?);
+    // Before the rebuild: the initramfs carries the resume device it waits for.
+    let resume = resume_apply::run(guest, warnings)?;
+    let resume_changed = resume.status == FixStatus::Changed;
+    records.push(resume);
     if plan.initramfs {
         records.push(initramfs::run(guest, plan.force_initramfs, warnings)?);
     } else {
+        if resume_changed {
+            warnings.push(
+                "the resume device was changed in the initramfs configuration, but the initramfs is not rebuilt (disabled): the current image still waits for the old one".into(),
+            );
+        }
         records.push(skipped("initramfs", "disabled"));
     }
     if plan.update_grub {

@@ -129,3 +129,95 @@ proptest! {
         check(&t, |x| rewrite_grub_cfg_cmdlines(x, &resolve), |_| false);
     }
 }
+
+/// Fragments of initramfs generator and modprobe configuration, mixed with arbitrary text.
+fn conf_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("omit_drivers+=\"".to_string()),
+        Just("omit_drivers='".to_string()),
+        Just("omit_drivers=".to_string()),
+        Just("add_device+=\"".to_string()),
+        Just("kernel_cmdline=\"".to_string()),
+        Just("hostonly=yes".to_string()),
+        Just("RESUME=".to_string()),
+        Just("export RESUME=\"".to_string()),
+        Just("MODULES=dep".to_string()),
+        Just("virtio_blk".to_string()),
+        Just("virtio-pci".to_string()),
+        Just("virtio.*".to_string()),
+        Just("(".to_string()),
+        Just("floppy".to_string()),
+        Just("resume=/dev/sda2".to_string()),
+        Just("resume=8:2".to_string()),
+        Just("/dev/sda2".to_string()),
+        Just("/dev/sdc3".to_string()),
+        Just("blacklist".to_string()),
+        Just("install".to_string()),
+        Just("alias".to_string()),
+        Just("off".to_string()),
+        Just("/bin/false".to_string()),
+        Just("\"".to_string()),
+        Just("'".to_string()),
+        Just("\\".to_string()),
+        Just("#".to_string()),
+        Just("\n".to_string()),
+        "[ \t]{0,2}".prop_map(String::from),
+        "\\PC{0,12}".prop_map(String::from),
+    ];
+    prop::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+}
+
+fn swap_lookup(dev: &str) -> super::resume::SwapLookup {
+    use super::resume::SwapLookup;
+    match dev {
+        "/dev/sda2" => SwapLookup::Swap(UUID.into()),
+        "/dev/sda1" => SwapLookup::NotSwap("ext4".into()),
+        _ => SwapLookup::Unknown,
+    }
+}
+
+const VIRTIO: &[&str] = &["virtio_blk", "virtio_pci", "virtio_ring", "virtio"];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(600))]
+
+    #[test]
+    fn dracut_conf_transforms_never_panic_and_are_idempotent(t in conf_text()) {
+        let _ = super::dracut_conf::assignments(&t);
+        let once = super::dracut_conf::lift_omissions(&t, VIRTIO);
+        let twice = super::dracut_conf::lift_omissions(&once.text, VIRTIO);
+        prop_assert_eq!(&twice.text, &once.text);
+        let eff = super::dracut_conf::effective(&[("f".to_string(), once.text.clone())]);
+        prop_assert!(super::dracut_conf::omitted(&eff, &[], VIRTIO).is_empty(), "{:?}", once.text);
+        let r = super::dracut_conf::rewrite_resume(&t, &swap_lookup);
+        let r2 = super::dracut_conf::rewrite_resume(&r.text, &swap_lookup);
+        prop_assert_eq!(&r2.text, &r.text);
+        let _ = super::dracut_conf::build_parameters(&t);
+    }
+
+    #[test]
+    fn resume_and_modprobe_transforms_are_safe(t in conf_text()) {
+        check(&t, |x| super::resume::rewrite_initramfs_tools_resume(x, &swap_lookup), |l| l.contains("RESUME="));
+        check(&t, |x| super::modprobe_conf::lift_blocks(x, VIRTIO), |_| true);
+        let (once, _, _) = super::resume::rewrite_resume_words(&t, &swap_lookup);
+        let (twice, changes, _) = super::resume::rewrite_resume_words(&once, &swap_lookup);
+        prop_assert_eq!(twice, once);
+        prop_assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn image_checks_never_panic(dep in conf_text(), conf in conf_text()) {
+        use crate::initramfs_image::ImageFiles;
+        let mut img = ImageFiles::default();
+        for p in ["usr/lib/modules/6.1/modules.dep", "conf/conf.d/resume", "etc/modprobe.d/a.conf",
+                  "etc/cmdline.d/a.conf", "usr/lib/dracut/build-parameter.txt"] {
+            img.paths.push(p.to_string());
+            let text = if p.ends_with("modules.dep") { &dep } else { &conf };
+            img.files.insert(p.to_string(), text.as_bytes().to_vec());
+        }
+        img.paths.extend(dep.split_whitespace().map(|w| format!("usr/lib/modules/6.1/{w}")));
+        for g in [super::initramfs_verify::Generator::Dracut, super::initramfs_verify::Generator::InitramfsTools] {
+            let _ = super::initramfs_verify::verify_image(&img, "6.1", &conf, VIRTIO, g);
+        }
+    }
+}

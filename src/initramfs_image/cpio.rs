@@ -24,6 +24,7 @@ enum State {
         file_size: u64,
         /// The header's check field, for a regular file of a "crc" archive.
         check: Option<u32>,
+        regular: bool,
     },
     /// Skipping the file data, then its padding.
     Data {
@@ -49,6 +50,8 @@ pub(super) struct CpioParser {
     entry_start: u64,
     /// Name of the entry whose data is being read (for the crc checksum error).
     entry_name: String,
+    /// The data of the entry being read, when the listing keeps it.
+    kept: Option<Vec<u8>>,
     /// Archives begun.
     pub(super) archives: usize,
 }
@@ -63,6 +66,7 @@ impl CpioParser {
             buf: Vec::with_capacity(HEADER_LEN),
             entry_start: 0,
             entry_name: String::new(),
+            kept: None,
             archives: 0,
         }
     }
@@ -137,13 +141,14 @@ impl CpioParser {
                     total,
                     file_size,
                     check,
+                    regular,
                 } => {
                     let n = (total - self.buf.len()).min(rest.len());
                     self.buf.extend_from_slice(&rest[..n]);
                     self.pos += n as u64;
                     rest = &rest[n..];
                     if self.buf.len() == total {
-                        self.state = self.got_name(name_len, file_size, check, listing)?;
+                        self.state = self.got_name(name_len, file_size, check, regular, listing)?;
                         self.buf.clear();
                     }
                 }
@@ -161,6 +166,9 @@ impl CpioParser {
                             .fold(sum, |s, &b| s.wrapping_add(u32::from(b))),
                         None => sum,
                     };
+                    if let Some(kept) = self.kept.as_mut() {
+                        kept.extend_from_slice(&rest[..n]);
+                    }
                     let data_left = data_left - n as u64;
                     let p = (pad_left as usize).min(rest.len() - n);
                     let pad_left = pad_left - p as u64;
@@ -174,7 +182,7 @@ impl CpioParser {
                         trailer,
                     };
                     if data_left == 0 && pad_left == 0 {
-                        self.state = self.end_entry(check, sum, trailer)?;
+                        self.state = self.end_entry(check, sum, trailer, listing)?;
                     }
                 }
             }
@@ -239,6 +247,7 @@ impl CpioParser {
             total,
             file_size: u64::from(file_size),
             check: (with_check && regular).then_some(check),
+            regular,
         })
     }
 
@@ -247,6 +256,7 @@ impl CpioParser {
         name_len: usize,
         file_size: u64,
         check: Option<u32>,
+        regular: bool,
         listing: &mut Listing,
     ) -> Result<State> {
         let raw = &self.buf[..name_len];
@@ -262,6 +272,9 @@ impl CpioParser {
             self.entry_name = String::from_utf8_lossy(raw).into_owned();
             if let Some(path) = normalise(&self.entry_name) {
                 listing.push(path)?;
+                if regular && listing.wants(path, file_size) {
+                    self.kept = Some(Vec::with_capacity(file_size as usize));
+                }
             }
         }
         let state = State::Data {
@@ -272,12 +285,18 @@ impl CpioParser {
             trailer,
         };
         if file_size == 0 {
-            return self.end_entry(check, 0, trailer);
+            return self.end_entry(check, 0, trailer, listing);
         }
         Ok(state)
     }
 
-    fn end_entry(&mut self, check: Option<u32>, sum: u32, trailer: bool) -> Result<State> {
+    fn end_entry(
+        &mut self,
+        check: Option<u32>,
+        sum: u32,
+        trailer: bool,
+        listing: &mut Listing,
+    ) -> Result<State> {
         if let Some(expected) = check {
             if expected != sum {
                 return Err(InitramfsImageError::BadChecksum {
@@ -285,6 +304,11 @@ impl CpioParser {
                     stream: self.stream,
                     name: std::mem::take(&mut self.entry_name),
                 });
+            }
+        }
+        if let Some(kept) = self.kept.take() {
+            if let Some(path) = normalise(&self.entry_name) {
+                listing.store(path.to_string(), kept)?;
             }
         }
         Ok(if trailer { State::Gap } else { State::Header })

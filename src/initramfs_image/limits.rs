@@ -27,6 +27,13 @@ pub const MAX_NAME_BYTES: usize = 32 << 20;
 /// The longest name a cpio header may declare, its nul byte included: the kernel's PATH_MAX.
 pub const MAX_NAME_LEN: usize = 4096;
 
+/// The largest file whose contents are kept when a caller asks for them (a full kernel's
+/// `modules.dep` is ~0.5 MiB); larger ones are listed but not kept.
+pub const MAX_KEPT_FILE_BYTES: u64 = 4 << 20;
+
+/// The most bytes of file contents kept from one image together.
+pub const MAX_KEPT_BYTES: u64 = 16 << 20;
+
 /// Which cap an image reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cap {
@@ -35,6 +42,7 @@ pub enum Cap {
     Entries,
     NameBytes,
     NameLen,
+    KeptBytes,
 }
 
 impl fmt::Display for Cap {
@@ -45,6 +53,7 @@ impl fmt::Display for Cap {
             Cap::Entries => "cpio entry count",
             Cap::NameBytes => "total name size",
             Cap::NameLen => "name length",
+            Cap::KeptBytes => "kept file contents size",
         })
     }
 }
@@ -91,24 +100,55 @@ fn over(cap: Cap, used: u64, limit: u64) -> Result<()> {
     Ok(())
 }
 
-/// The names collected so far, and what the image has spent of each cap.
+/// The names collected so far, the contents kept, and what the image has spent of each cap.
 pub(super) struct Listing {
     pub(super) paths: Vec<String>,
+    /// Contents of the regular files `keep` picked, by path (a later copy replaces an earlier
+    /// one, as when the kernel unpacks the image).
+    pub(super) kept: std::collections::BTreeMap<String, Vec<u8>>,
+    keep: Option<fn(&str) -> bool>,
     limits: Limits,
     entries: usize,
     name_bytes: usize,
     decompressed: u64,
+    kept_bytes: u64,
 }
 
 impl Listing {
     pub(super) fn new(limits: Limits) -> Listing {
         Listing {
             paths: Vec::new(),
+            kept: std::collections::BTreeMap::new(),
+            keep: None,
             limits,
             entries: 0,
             name_bytes: 0,
             decompressed: 0,
+            kept_bytes: 0,
         }
+    }
+
+    pub(super) fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Keep the contents of the regular files whose path `keep` accepts.
+    pub(super) fn keeping(mut self, keep: fn(&str) -> bool) -> Listing {
+        self.keep = Some(keep);
+        self
+    }
+
+    /// Whether the contents of a regular file of `size` bytes at `path` are to be kept.
+    pub(super) fn wants(&self, path: &str, size: u64) -> bool {
+        size <= MAX_KEPT_FILE_BYTES && self.keep.is_some_and(|keep| keep(path))
+    }
+
+    /// The whole contents of a file [`Listing::wants`] accepted.
+    pub(super) fn store(&mut self, path: String, data: Vec<u8>) -> Result<()> {
+        self.kept_bytes += data.len() as u64;
+        over(Cap::KeptBytes, self.kept_bytes, MAX_KEPT_BYTES)?;
+        self.kept.insert(path, data);
+        Ok(())
     }
 
     /// A cpio header declaring a name of `name_len` bytes was read.

@@ -1,5 +1,6 @@
 //! List the files in a Linux initramfs image on the host, without running the guest's
-//! `lsinitramfs`/`lsinitrd` inside the appliance.
+//! `lsinitramfs`/`lsinitrd` inside the appliance, and keep the contents of the few small files
+//! a caller asks for ([`read_image`]: the image's own `modules.dep`, `modprobe.d`, config).
 //!
 //! An image is what the kernel's `init/initramfs.c` unpacks (see the kernel's
 //! `Documentation/driver-api/early-userspace/buffer-format.rst`): a sequence of segments, each
@@ -39,7 +40,7 @@ use input::{one_line, Input, PEEK_LEN};
 use limits::Listing;
 pub use limits::{
     check_image_size, Cap, Limits, MAX_DECOMPRESSED_BYTES, MAX_ENTRIES, MAX_IMAGE_BYTES,
-    MAX_NAME_BYTES, MAX_NAME_LEN,
+    MAX_KEPT_BYTES, MAX_KEPT_FILE_BYTES, MAX_NAME_BYTES, MAX_NAME_LEN,
 };
 
 /// The compressed formats decoded here.
@@ -157,6 +158,55 @@ pub fn list_paths(image: &[u8]) -> std::result::Result<Vec<String>, InitramfsIma
     list_paths_within(Cursor::new(image), image.len() as u64, Limits::default())
 }
 
+/// The paths of an image and the contents of the small regular files a caller asked for
+/// (configuration the image carries: `modules.dep`, `modprobe.d`, `conf/conf.d/resume`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageFiles {
+    /// As [`list_paths`] gives them.
+    pub paths: Vec<String>,
+    /// Path (as in `paths`) → contents, for the regular files `keep` accepted that are at
+    /// most [`MAX_KEPT_FILE_BYTES`]; all of them together at most [`MAX_KEPT_BYTES`].
+    pub files: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// [`list_paths`], keeping the contents of the files whose path `keep` accepts.
+pub fn read_image(
+    image: &[u8],
+    keep: fn(&str) -> bool,
+) -> std::result::Result<ImageFiles, InitramfsImageError> {
+    let listing = Listing::new(Limits::default()).keeping(keep);
+    read_within(Cursor::new(image), image.len() as u64, listing)
+}
+
+/// [`read_image`] of the image in the file at `path`, read as a stream like
+/// [`list_paths_from_file`].
+pub fn read_image_from_file(
+    path: &Path,
+    keep: fn(&str) -> bool,
+) -> std::result::Result<ImageFiles, InitramfsImageError> {
+    let io = |e: std::io::Error| InitramfsImageError::Io {
+        path: Some(path.to_path_buf()),
+        offset: 0,
+        reason: one_line(&e.to_string()),
+    };
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let listing = Listing::new(Limits::default()).keeping(keep);
+    read_within(
+        BufReader::with_capacity(FILE_BUFFER_LEN, file),
+        len,
+        listing,
+    )
+    .map_err(|e| match e {
+        InitramfsImageError::Io { offset, reason, .. } => InitramfsImageError::Io {
+            path: Some(path.to_path_buf()),
+            offset,
+            reason,
+        },
+        e => e,
+    })
+}
+
 /// [`list_paths`] of the image in the file at `path`, read as a stream: the memory used does
 /// not depend on the size of the image (see the module documentation). A file over
 /// [`MAX_IMAGE_BYTES`] is refused before it is read.
@@ -215,9 +265,16 @@ pub(crate) fn list_paths_within<R: BufRead + Seek>(
     len: u64,
     limits: Limits,
 ) -> std::result::Result<Vec<String>, InitramfsImageError> {
-    limits.check_image_size(len)?;
+    read_within(reader, len, Listing::new(limits)).map(|files| files.paths)
+}
+
+fn read_within<R: BufRead + Seek>(
+    reader: R,
+    len: u64,
+    mut listing: Listing,
+) -> std::result::Result<ImageFiles, InitramfsImageError> {
+    listing.limits().check_image_size(len)?;
     let mut input = Input::new(reader);
-    let mut listing = Listing::new(limits);
     // Uncompressed archives and zero padding between segments: offsets are image offsets, and
     // headers must sit on 4-byte boundaries of the image, as in the kernel.
     let mut top = CpioParser::new(None);
@@ -273,7 +330,10 @@ pub(crate) fn list_paths_within<R: BufRead + Seek>(
             len: input.offset(),
         });
     }
-    Ok(listing.paths)
+    Ok(ImageFiles {
+        paths: listing.paths,
+        files: listing.kept,
+    })
 }
 
 /// The bytes from the current position of `reader` to its end (it is left where it was).

@@ -1092,3 +1092,65 @@ fn name_length_cap_is_path_max() {
 }
 
 mod properties;
+
+// --- keeping file contents ---
+
+fn keep_conf(path: &str) -> bool {
+    path.starts_with("conf/") || path.ends_with("/modules.dep")
+}
+
+#[test]
+fn kept_files_are_the_wanted_regular_files_of_every_segment() {
+    let main = archive(&[
+        ("conf", DIR, b""),
+        ("conf/conf.d", DIR, b""),
+        ("conf/conf.d/resume", FILE, b"RESUME=UUID=abc\n"),
+        ("conf/link", LINK, b"conf.d/resume"),
+        (
+            "usr/lib/modules/6.1/modules.dep",
+            FILE,
+            b"kernel/a.ko: kernel/b.ko\n",
+        ),
+        ("usr/bin/sh", FILE, b"\x7fELF"),
+    ]);
+    for image in [
+        cat(&[&early(), &gzip(&main)]),
+        cat(&[&early(), &zstd(&main)]),
+        cat(&[&early(), &xz(&main)]),
+        main.clone(),
+    ] {
+        let read = read_image(&image, keep_conf).unwrap();
+        assert_eq!(read.paths, list(&image));
+        let kept: Vec<&str> = read.files.keys().map(String::as_str).collect();
+        assert_eq!(
+            kept,
+            ["conf/conf.d/resume", "usr/lib/modules/6.1/modules.dep"]
+        );
+        assert_eq!(read.files["conf/conf.d/resume"], b"RESUME=UUID=abc\n");
+    }
+}
+
+#[test]
+fn a_later_copy_of_a_kept_file_replaces_the_earlier_one() {
+    let first = archive(&[("conf/initramfs.conf", FILE, b"MODULES=most\n")]);
+    let second = archive(&[("./conf/initramfs.conf", FILE, b"MODULES=dep\n")]);
+    let read = read_image(&cat(&[&first, &gzip(&second)]), keep_conf).unwrap();
+    assert_eq!(read.files["conf/initramfs.conf"], b"MODULES=dep\n");
+}
+
+#[test]
+fn kept_files_survive_a_tiny_read_buffer_and_empty_files() {
+    let main = archive(&[("conf/empty", FILE, b""), ("conf/big", FILE, &[b'x'; 5000])]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img");
+    std::fs::write(&path, gzip(&main)).unwrap();
+    let read = read_image_from_file(&path, keep_conf).unwrap();
+    assert_eq!(read.files["conf/empty"], b"");
+    assert_eq!(read.files["conf/big"].len(), 5000);
+}
+
+#[test]
+fn listing_only_keeps_nothing() {
+    let main = archive(&[("conf/x", FILE, b"a")]);
+    assert!(read_image(&main, |_| false).unwrap().files.is_empty());
+}
