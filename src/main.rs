@@ -71,6 +71,9 @@ enum Commands {
         /// Image format, when it should not be detected.
         #[arg(long)]
         format: Option<String>,
+        /// Follow backing files and VMDK extents outside the disk's directory (noted in the report).
+        #[arg(long)]
+        trust_backing_files: bool,
     },
     /// Repair a guest and write a KVM-ready image (from a manifest, or DISK -o OUT).
     Fix(FixArgs),
@@ -224,10 +227,16 @@ fn run(cli: Cli) -> Result<()> {
     }
     logging::init(cli.global.verbose.max(1), None).context("cannot set up logging")?;
     match cli.command {
-        Commands::Inspect { disk, json, format } => {
+        Commands::Inspect {
+            disk,
+            json,
+            format,
+            trust_backing_files,
+        } => {
             let report = inspect_cmd::inspect_disk(
                 &disk,
                 format.as_deref(),
+                trust_backing_files,
                 &appliance_options(&cli.global),
                 cli.global.quiet,
             )?;
