@@ -379,8 +379,11 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
     Ok(plan)
 }
 
-/// Ctrl-C / SIGTERM set the cancel flag (the job stops at the next safe point and cleans
-/// up); a second one exits at once.
+/// The signal that stopped this run (0: none), for the exit status.
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Ctrl-C / SIGTERM set the cancel flag and kill every child at once (the job fails fast on
+/// them and cleans up; exit status 128 + the signal); a second one exits at once.
 fn cancel_on_signals() -> Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
@@ -388,7 +391,23 @@ fn cancel_on_signals() -> Result<Arc<AtomicBool>> {
         signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag))?;
         signal_hook::flag::register(sig, Arc::clone(&flag))?;
     }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            STOP_SIGNAL.store(sig, std::sync::atomic::Ordering::SeqCst);
+            h2k_guest::process::stop_all_children();
+        }
+    });
     Ok(flag)
+}
+
+/// "SIGTERM" for a stopped run.
+fn stop_signal_name() -> Option<&'static str> {
+    match STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        signal_hook::consts::SIGINT => Some("SIGINT"),
+        _ => Some("SIGTERM"),
+    }
 }
 
 fn fix(args: FixArgs, global: &GlobalArgs) -> Result<()> {
@@ -418,10 +437,17 @@ fn fix(args: FixArgs, global: &GlobalArgs) -> Result<()> {
             outln!("report: {}", path.display());
             Ok(())
         }
-        Err(f) => Err(
-            anyhow::anyhow!("{} (report: {})", f.error, f.report_path.display())
-                .context(format!("{} failed in the {} stage", plan.job_name, f.stage)),
-        ),
+        Err(f) => {
+            // Stopped children make their own errors; the cause is the signal.
+            let cause = match stop_signal_name() {
+                Some(sig) => format!("interrupted by {sig}"),
+                None => f.error.to_string(),
+            };
+            Err(
+                anyhow::anyhow!("{cause} (report: {})", f.report_path.display())
+                    .context(format!("{} failed in the {} stage", plan.job_name, f.stage)),
+            )
+        }
     }
 }
 
@@ -611,7 +637,10 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("h2k-guest: error: {e:#}");
-            ExitCode::from(1)
+            match STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+                0 => ExitCode::from(1),
+                sig => ExitCode::from(128 + sig as u8),
+            }
         }
     }
 }
