@@ -382,8 +382,8 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
 /// The signal that stopped this run (0: none), for the exit status.
 static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// Ctrl-C / SIGTERM set the cancel flag and kill every child at once (the job fails fast on
-/// them and cleans up; exit status 128 + the signal); a second one exits at once.
+/// Ctrl-C / SIGTERM set the cancel flag (the job stops at the next safe point and cleans
+/// up); a second one exits at once.
 fn cancel_on_signals() -> Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
@@ -391,6 +391,15 @@ fn cancel_on_signals() -> Result<Arc<AtomicBool>> {
         signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag))?;
         signal_hook::flag::register(sig, Arc::clone(&flag))?;
     }
+    Ok(flag)
+}
+
+/// [`cancel_on_signals`], and the first signal also kills every child at once, so a `fix`
+/// stops within a moment in any stage (it fails fast on its dead children and cleans up;
+/// exit status 128 + the signal).
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = cancel_on_signals()?;
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
@@ -418,7 +427,7 @@ fn fix(args: FixArgs, global: &GlobalArgs) -> Result<()> {
     let opts = RunOptions {
         appliance: appliance_options(global),
         quiet: global.quiet,
-        cancel: cancel_on_signals()?,
+        cancel: stop_on_signals()?,
         checksum: args.checksum,
         overwrite: args.overwrite,
         report_path: args.report.as_deref().map(absolute).transpose()?,
