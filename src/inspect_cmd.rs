@@ -258,6 +258,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_trusted_chain_is_noted_as_fix_notes_it() {
+        let layer = |f: &str| load::ImageLayer {
+            filename: f.into(),
+            format: "qcow2".into(),
+            virtual_size: 1,
+            actual_size: None,
+            backing_filename: None,
+            format_specific: None,
+        };
+        let info = SourceInfo {
+            source: Source::File("/v/top.qcow2".into()),
+            format: "qcow2".into(),
+            virtual_size: 1,
+            actual_size: None,
+            vmdk_subformat: None,
+            chain: vec![layer("/v/top.qcow2"), layer("/etc/base.qcow2")],
+        };
+        assert_eq!(
+            trusted_backing_warning(&info),
+            "backing files trusted: /v/top.qcow2 (/etc/base.qcow2)"
+        );
+    }
+
+    #[test]
     fn nbd_uris_split_into_server_and_export() {
         assert_eq!(
             nbd_server_and_export("nbd+unix:///disk?socket=/run/x.sock"),

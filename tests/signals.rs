@@ -190,8 +190,8 @@ fn signal_and_check(mut run: Run, signal: Signal, stages: &[&str]) {
                 .any(|s| line.contains(&format!("failed in the {s}"))),
         "{line}"
     );
-    // Children die with their group: give the kernel a moment to finish the kills.
-    let deadline = Instant::now() + Duration::from_secs(2);
+    // Killed children take a moment to go (libguestfs's recovery helper polls its QEMU).
+    let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && children.iter().any(|(p, _)| alive(*p)) {
         std::thread::sleep(Duration::from_millis(20));
     }
