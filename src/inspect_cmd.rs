@@ -29,15 +29,21 @@ pub struct InspectReport {
     pub warnings: Vec<String>,
 }
 
-/// Inspect `disk`; `quiet` hides the appliance spinner (as `--quiet` asks).
+/// Inspect `disk`; `quiet` hides the appliance spinner (as `--quiet` asks);
+/// `trust_backing_files` lifts the backing-file/extent policy as it does for `fix`.
 pub fn inspect_disk(
     disk: &str,
     format: Option<&str>,
+    trust_backing_files: bool,
     opts: &ApplianceOptions,
     quiet: bool,
 ) -> Result<InspectReport, InspectCmdError> {
     let source = Source::parse(disk);
-    let info = load::probe(&source, format)?;
+    let info = load::probe_with(&source, format, trust_backing_files)?;
+    let mut warnings = Vec::new();
+    if trust_backing_files && info.chain.len() > 1 {
+        warnings.push(trusted_backing_warning(&info));
+    }
     // libguestfs cannot open a byte range of an OVA; a throw-away overlay can (its backing
     // file is the json: name of the member).
     let overlay_dir = tempfile::tempdir().map_err(|e| LoadError::Overlay {
@@ -73,7 +79,6 @@ pub fn inspect_disk(
     let roots = inspect::find_roots(&app.g).map_err(wrap)?;
     let disks = inspect::scan_disks(&app.g).map_err(|e| wrap(e.into()))?;
     let mut oses = Vec::new();
-    let mut warnings = Vec::new();
     for root in &roots {
         warnings.extend(inspect::mount_guest(&app.g, root, &disks).map_err(wrap)?);
         oses.push(inspect::inspect_root(&app.g, root, &disks).map_err(wrap)?);
@@ -89,6 +94,19 @@ pub fn inspect_disk(
         operating_systems: oses,
         warnings,
     })
+}
+
+/// The report's note that the chain was followed on the user's word (`fix` words it the same).
+fn trusted_backing_warning(info: &SourceInfo) -> String {
+    let files: Vec<&str> = info.chain[1..]
+        .iter()
+        .map(|l| l.filename.as_str())
+        .collect();
+    format!(
+        "backing files trusted: {} ({})",
+        info.source,
+        files.join(", ")
+    )
 }
 
 /// How to attach a probed source: by its detected format, or over NBD.
@@ -238,6 +256,30 @@ pub fn render_table(r: &InspectReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trusted_chain_is_noted_as_fix_notes_it() {
+        let layer = |f: &str| load::ImageLayer {
+            filename: f.into(),
+            format: "qcow2".into(),
+            virtual_size: 1,
+            actual_size: None,
+            backing_filename: None,
+            format_specific: None,
+        };
+        let info = SourceInfo {
+            source: Source::File("/v/top.qcow2".into()),
+            format: "qcow2".into(),
+            virtual_size: 1,
+            actual_size: None,
+            vmdk_subformat: None,
+            chain: vec![layer("/v/top.qcow2"), layer("/etc/base.qcow2")],
+        };
+        assert_eq!(
+            trusted_backing_warning(&info),
+            "backing files trusted: /v/top.qcow2 (/etc/base.qcow2)"
+        );
+    }
 
     #[test]
     fn nbd_uris_split_into_server_and_export() {

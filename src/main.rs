@@ -71,6 +71,9 @@ enum Commands {
         /// Image format, when it should not be detected.
         #[arg(long)]
         format: Option<String>,
+        /// Follow backing files and VMDK extents outside the disk's directory (noted in the report).
+        #[arg(long)]
+        trust_backing_files: bool,
     },
     /// Repair a guest and write a KVM-ready image (from a manifest, or DISK -o OUT).
     Fix(FixArgs),
@@ -252,10 +255,16 @@ fn run(cli: Cli) -> Result<()> {
     }
     logging::init(cli.global.verbose.max(1), None).context("cannot set up logging")?;
     match cli.command {
-        Commands::Inspect { disk, json, format } => {
+        Commands::Inspect {
+            disk,
+            json,
+            format,
+            trust_backing_files,
+        } => {
             let report = inspect_cmd::inspect_disk(
                 &disk,
                 format.as_deref(),
+                trust_backing_files,
                 &appliance_options(&cli.global),
                 cli.global.quiet,
             )?;
@@ -418,6 +427,9 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
     Ok(plan)
 }
 
+/// The signal that stopped this run (0: none), for the exit status.
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
 /// Ctrl-C / SIGTERM set the cancel flag (the job stops at the next safe point and cleans
 /// up); a second one exits at once.
 fn cancel_on_signals() -> Result<Arc<AtomicBool>> {
@@ -430,6 +442,31 @@ fn cancel_on_signals() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// [`cancel_on_signals`], and the first signal also kills every child at once, so a `fix`
+/// stops within a moment in any stage (it fails fast on its dead children and cleans up;
+/// exit status 128 + the signal).
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = cancel_on_signals()?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            STOP_SIGNAL.store(sig, std::sync::atomic::Ordering::SeqCst);
+            h2k_guest::process::stop_all_children();
+        }
+    });
+    Ok(flag)
+}
+
+/// "SIGTERM" for a stopped run.
+fn stop_signal_name() -> Option<&'static str> {
+    match STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        signal_hook::consts::SIGINT => Some("SIGINT"),
+        _ => Some("SIGTERM"),
+    }
+}
+
 fn fix(args: FixArgs, global: &GlobalArgs) -> Result<()> {
     let plan = plan_from_args(&args)?;
     for w in &plan.warnings {
@@ -438,7 +475,7 @@ fn fix(args: FixArgs, global: &GlobalArgs) -> Result<()> {
     let opts = RunOptions {
         appliance: appliance_options(global),
         quiet: global.quiet,
-        cancel: cancel_on_signals()?,
+        cancel: stop_on_signals()?,
         checksum: args.checksum,
         overwrite: args.overwrite,
         report_path: args.report.as_deref().map(absolute).transpose()?,
@@ -457,10 +494,17 @@ fn fix(args: FixArgs, global: &GlobalArgs) -> Result<()> {
             outln!("report: {}", path.display());
             Ok(())
         }
-        Err(f) => Err(
-            anyhow::anyhow!("{} (report: {})", f.error, f.report_path.display())
-                .context(format!("{} failed in the {} stage", plan.job_name, f.stage)),
-        ),
+        Err(f) => {
+            // Stopped children make their own errors; the cause is the signal.
+            let cause = match stop_signal_name() {
+                Some(sig) => format!("interrupted by {sig}"),
+                None => f.error.to_string(),
+            };
+            Err(
+                anyhow::anyhow!("{cause} (report: {})", f.report_path.display())
+                    .context(format!("{} failed in the {} stage", plan.job_name, f.stage)),
+            )
+        }
     }
 }
 
@@ -650,7 +694,10 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("h2k-guest: error: {e:#}");
-            ExitCode::from(1)
+            match STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+                0 => ExitCode::from(1),
+                sig => ExitCode::from(128 + sig as u8),
+            }
         }
     }
 }

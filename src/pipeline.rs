@@ -407,13 +407,19 @@ fn sanity(plan: &Plan, opts: &RunOptions, created: &mut Vec<PathBuf>) -> Result<
 
 /// sha256 of a file, as "sha256:<hex>".
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    sha256_of(std::fs::File::open(path)?)
+    sha256_of(std::fs::File::open(path)?, &AtomicBool::new(false))
 }
 
-fn sha256_of(mut f: std::fs::File) -> std::io::Result<String> {
+fn sha256_of(mut f: std::fs::File, cancel: &AtomicBool) -> std::io::Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "interrupted",
+            ));
+        }
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
@@ -450,7 +456,7 @@ fn load_sources(
                 // Opened through the source policy (non-blocking, regular file or block
                 // device) so a FIFO cannot hang the checksum.
                 let file = load::policy::open_source(p)?;
-                let actual = sha256_of(file).map_err(|e| LoadError::Unreadable {
+                let actual = sha256_of(file, &opts.cancel).map_err(|e| LoadError::Unreadable {
                     path: p.display().to_string(),
                     reason: e.to_string(),
                 })?;

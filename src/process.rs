@@ -110,6 +110,41 @@ pub fn with_registry<R>(f: impl FnOnce(&BTreeSet<u32>) -> R) -> R {
     f(&registry())
 }
 
+/// Set by [`stop_all_children`]: no child is started any more.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How a SIGTERM/SIGINT is honoured at once: refuse new children, SIGKILL the group of every
+/// child started here and every QEMU this process forked itself (libguestfs's appliance).
+/// The stages then fail fast on their dead children and clean up as on any error.
+pub fn stop_all_children() {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    with_registry(|ours| {
+        for pid in ours {
+            let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+    });
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "PID (COMM) STATE PPID …": COMM may hold spaces, so split at the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        if is_qemu_command_name(comm) && rest.split_whitespace().nth(1) == Some(me.as_str()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// A child program's command line, wrapped as the module documentation says.
 pub struct Command {
     inner: std::process::Command,
@@ -181,6 +216,15 @@ impl Command {
     }
 
     pub fn spawn(&mut self) -> Result<Child, ProcessError> {
+        if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ProcessError::Spawn {
+                tool: self.tool.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "stopping on a signal",
+                ),
+            });
+        }
         // Through setpriv a missing program would only show as setpriv's exit status; fail
         // the spawn as a direct one would.
         let found = if self.program.components().count() > 1 {

@@ -51,6 +51,10 @@ fn corpus() -> Vec<(&'static str, String, &'static str)> {
         ("datafile.qcow2", "qemu-img create -q -f qcow2 -o data_file=d.raw datafile.qcow2 10M".into(), "external data file"),
         ("long.qcow2", format!("qemu-img create -q -f raw c0.img 1M && for i in $(seq 1 17); do {QCOW} -F $([ $i = 1 ] && echo raw || echo qcow2) -b c$((i-1)).$([ $i = 1 ] && echo img || echo qcow2) c$i.qcow2 1M; done && ln c17.qcow2 long.qcow2"), "long.qcow2"),
         ("vhd-diff.vhd", "qemu-img create -q -f vpc base.vhd 10M && python3 -c \"import sys;b=bytearray(open('base.vhd','rb').read());f=len(b)-512;b[f+60:f+64]=(4).to_bytes(4,'big');open('vhd-diff.vhd','wb').write(b)\"".into(), "differencing"),
+        ("vhdx-diff.vhdx", "qemu-img create -q -f vhdx vhdx-diff.vhdx 10M".into(), "relative_path \"..\\\\..\\\\etc\\\\shadow\""),
+        ("vhdx-bit.vhdx", "qemu-img create -q -f vhdx vhdx-bit.vhdx 10M".into(), "differencing VHDX"),
+        ("lie.qcow2", format!("qemu-img create -q -f raw base.img 1M && {QCOW} -F qcow2 -b base.img lie.qcow2 10M"), "\"base.img\" is recorded as qcow2 but its header says raw"),
+        ("qed.img", "qemu-img create -q -f qed qed.img 10M".into(), "unsupported image format \"qed\""),
         ("sock", "python3 -c \"import socket;s=socket.socket(socket.AF_UNIX);s.bind('sock')\"".into(), "socket"),
     ]
 }
@@ -66,6 +70,15 @@ fn hostile_sources_are_refused_in_load() {
         sh(&base, &script);
         cases.push((base.join(name), expect));
     }
+    make_differencing_vhdx(
+        &base.join("vhdx-diff.vhdx"),
+        &[
+            ("parent_linkage", "{0b9a3c5e-1d2f-4e6a-8b7c-9d0e1f2a3b4c}"),
+            ("relative_path", "..\\..\\etc\\shadow"),
+            ("absolute_win32_path", "C:\\VMs\\base.vhdx"),
+        ],
+    );
+    make_differencing_vhdx(&base.join("vhdx-bit.vhdx"), &[]);
     cases.push((PathBuf::from("/dev/zero"), "character device"));
     cases.push((PathBuf::from("/proc/self/mem"), "mem"));
     for (src, expect) in cases {
@@ -94,6 +107,209 @@ fn hostile_sources_are_refused_in_load() {
         assert!(line.contains(&*fname), "{}: line {line:?}", src.display());
         assert_eq!(sha(&src), before, "{}: source changed", src.display());
     }
+}
+
+/// A VHDX GUID's on-disk bytes (first three groups little-endian).
+fn vhdx_guid(d1: u32, d2: u16, d3: u16, d4: u64) -> Vec<u8> {
+    let mut g = d1.to_le_bytes().to_vec();
+    g.extend(d2.to_le_bytes());
+    g.extend(d3.to_le_bytes());
+    g.extend(d4.to_be_bytes());
+    g
+}
+
+/// Turn a VHDX made by qemu-img into a differencing one: set the file parameters' "has
+/// parent" bit and, when `parents` is not empty, add a parent locator item holding them.
+/// (The metadata table has no checksum, so qemu-img's layout is patched in place.)
+fn make_differencing_vhdx(path: &Path, parents: &[(&str, &str)]) {
+    let mut f = std::fs::read(path).unwrap();
+    let u16_at = |f: &[u8], o: usize| u16::from_le_bytes(f[o..o + 2].try_into().unwrap());
+    let u32_at = |f: &[u8], o: usize| u32::from_le_bytes(f[o..o + 4].try_into().unwrap());
+    let metadata_region = vhdx_guid(0x8B7CA206, 0x4790, 0x4B9A, 0xB8FE_575F_050F_886E);
+    let file_parameters = vhdx_guid(0xCAA16737, 0xFA36, 0x4D43, 0xB3B6_33F0_AA44_E76B);
+    let parent_locator = vhdx_guid(0xA8D35F2D, 0xB30B, 0x454D, 0xABF7_D3D8_4834_AB0C);
+    let rt = 192 << 10;
+    assert_eq!(&f[rt..rt + 4], b"regi");
+    let meta = (0..u32_at(&f, rt + 8) as usize)
+        .map(|i| rt + 16 + i * 32)
+        .find(|&e| f[e..e + 16] == metadata_region[..])
+        .map(|e| u64::from_le_bytes(f[e + 16..e + 24].try_into().unwrap()) as usize)
+        .expect("metadata region");
+    assert_eq!(&f[meta..meta + 8], b"metadata");
+    let count = u16_at(&f, meta + 10) as usize;
+    let mut free = 64 << 10;
+    for i in 0..count {
+        let e = meta + 32 + i * 32;
+        let (off, len) = (u32_at(&f, e + 16) as usize, u32_at(&f, e + 20) as usize);
+        free = free.max(off + len);
+        if f[e..e + 16] == file_parameters[..] {
+            f[meta + off + 4] |= 2; // HasParent
+        }
+    }
+    if !parents.is_empty() {
+        let utf16 = |s: &str| -> Vec<u8> { s.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+        let mut item = vhdx_guid(0xB04AEFB7, 0xD19E, 0x4A81, 0xB789_25B8_E944_5913);
+        item.extend([0, 0]);
+        item.extend((parents.len() as u16).to_le_bytes());
+        let mut strings = Vec::new();
+        let mut next = 20 + 12 * parents.len();
+        for (k, v) in parents {
+            let (k, v) = (utf16(k), utf16(v));
+            item.extend((next as u32).to_le_bytes());
+            item.extend(((next + k.len()) as u32).to_le_bytes());
+            item.extend((k.len() as u16).to_le_bytes());
+            item.extend((v.len() as u16).to_le_bytes());
+            next += k.len() + v.len();
+            strings.extend(k);
+            strings.extend(v);
+        }
+        item.extend(strings);
+        let off = free.div_ceil(8) * 8;
+        let e = meta + 32 + count * 32;
+        f[e..e + 16].copy_from_slice(&parent_locator);
+        f[e + 16..e + 20].copy_from_slice(&(off as u32).to_le_bytes());
+        f[e + 20..e + 24].copy_from_slice(&(item.len() as u32).to_le_bytes());
+        f[e + 24..e + 28].copy_from_slice(&6u32.to_le_bytes()); // IsRequired | IsVirtualDisk
+        f[meta + off..meta + off + item.len()].copy_from_slice(&item);
+        f[meta + 10..meta + 12].copy_from_slice(&((count + 1) as u16).to_le_bytes());
+    }
+    std::fs::write(path, f).unwrap();
+}
+
+/// A qemu-img that logs its arguments to `log` before running the real one, and refuses
+/// `create` (so `fix` stops in LOAD, after every LOAD call, before any appliance).
+fn logging_qemu_img(dir: &Path, log: &Path) -> PathBuf {
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v qemu-img"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nif [ \"$1\" = create ]; then echo 'qemu-img: create refused by the test' >&2; exit 1; fi\nexec '{}' \"$@\"\n",
+        log.display(),
+        real.trim()
+    );
+    let wrapper = bin.join("qemu-img");
+    std::fs::write(&wrapper, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// Every qemu-img call LOAD (and `validate`) makes names the format it opens (`-f`, and `-F`
+/// for the overlay's backing file): nothing is probed.
+#[test]
+fn every_qemu_img_call_carries_an_explicit_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    sh(
+        d,
+        "printf '\\125\\252' | dd of=disk.raw bs=1 seek=510 conv=notrunc 2>/dev/null && truncate -s 10M disk.raw \
+         && qemu-img create -q -f qcow2 -F raw -b disk.raw top.qcow2 \
+         && qemu-img convert -O vmdk disk.raw d.vmdk && qemu-img convert -O vhdx disk.raw d.vhdx \
+         && qemu-img convert -O vpc disk.raw d.vhd && qemu-img convert -O vdi disk.raw d.vdi && mkdir out",
+    );
+    let log = d.join("argv.log");
+    let bin = logging_qemu_img(d, &log);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    for image in [
+        "disk.raw",
+        "top.qcow2",
+        "d.vmdk",
+        "d.vhdx",
+        "d.vhd",
+        "d.vdi",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_h2k-guest"))
+            .arg("validate")
+            .arg(d.join(image))
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{image}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_h2k-guest"))
+        .arg("fix")
+        .arg(d.join("top.qcow2"))
+        .arg("-o")
+        .arg(d.join("out/x.qcow2"))
+        .env("PATH", &path)
+        .env("H2K_ACCEL", "tcg")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("create refused by the test"),
+        "{stderr}"
+    );
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert!(calls.len() >= 13, "{calls:#?}");
+    for call in &calls {
+        assert!(call.contains(" -f "), "no -f: qemu-img {call}");
+    }
+    let create = calls.iter().find(|c| c.starts_with("create")).unwrap();
+    assert!(create.contains(" -F qcow2 "), "{create}");
+    for (image, format) in [
+        ("disk.raw", "raw"),
+        ("top.qcow2", "qcow2"),
+        ("d.vmdk", "vmdk"),
+        ("d.vhdx", "vhdx"),
+        ("d.vhd", "vpc"),
+        ("d.vdi", "vdi"),
+    ] {
+        assert!(
+            calls.iter().any(|c| c.starts_with("info")
+                && c.contains(&format!("-f {format} {}", d.join(image).display()))),
+            "{image} not opened as {format}: {calls:#?}"
+        );
+    }
+}
+
+/// A declared format must agree with the header: one line naming the file and both formats.
+#[test]
+fn a_declared_format_that_disagrees_with_the_header_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    sh(
+        d,
+        "qemu-img create -q -f qcow2 disk.qcow2 10M && qemu-img create -q -f vhdx plain.vhdx 10M",
+    );
+    for (image, declared, detected) in [
+        ("disk.qcow2", "raw", "qcow2"),
+        ("disk.qcow2", "vmdk", "qcow2"),
+        ("plain.vhdx", "vhd", "vhdx"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_h2k-guest"))
+            .args(["inspect", "--format", declared])
+            .arg(d.join(image))
+            .env("H2K_ACCEL", "tcg")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{image} as {declared}: accepted");
+        let line = stderr.lines().last().unwrap_or_default();
+        assert!(
+            line.contains(image)
+                && line.contains(&format!(
+                    "the declared format is {declared} but its header says {detected}"
+                )),
+            "{stderr}"
+        );
+    }
+    // A plain VHDX made by qemu-img passes the VHDX metadata reader.
+    let src = h2k_guest::load::Source::File(d.join("plain.vhdx"));
+    let info = h2k_guest::load::probe(&src, Some("vhdx")).unwrap();
+    assert_eq!(info.format, "vhdx");
 }
 
 #[test]

@@ -36,9 +36,16 @@ pub enum LoadError {
     Overlay { path: String, reason: String },
     #[error("{path}: {reason}")]
     Policy { path: String, reason: String },
+    #[error("{path}: the declared format is {declared} but its header says {detected}")]
+    FormatMismatch {
+        path: String,
+        declared: String,
+        detected: String,
+    },
 }
 
 pub mod policy;
+pub mod vhdx;
 
 /// How long `qemu-img info` / `create` may take: they read headers only, so a hang means a
 /// hostile or unreachable image (an NBD server that never answers), not a big one.
@@ -213,12 +220,17 @@ pub fn probe(source: &Source, format: Option<&str>) -> Result<SourceInfo, LoadEr
 }
 
 /// [`probe`]; `trust_backing_files` skips the backing-file/extent policy (the file-type check stays).
+///
+/// Formats are explicit everywhere: the source's comes from our own read of its header (or
+/// from the user, who must agree with the header), and its backing files' are the ones their
+/// children record (the policy insists on one), so qemu never probes.
 pub fn probe_with(
     source: &Source,
     format: Option<&str>,
     trust_backing_files: bool,
 ) -> Result<SourceInfo, LoadError> {
     require_tool(process::QEMU_IMG)?;
+    let name = source.to_string();
     let mut approved = None;
     if let Some(path) = source.local_file() {
         check_readable(path)?;
@@ -226,12 +238,19 @@ pub fn probe_with(
             approved = Some(policy::check_source(p)?);
         }
     }
-    let name = source.to_string();
-    let mut cmd = process::qemu_img();
-    cmd.args(["info", "--output=json", "--backing-chain", "-U"]);
-    if let Some(f) = format {
-        cmd.args(["-f", &qemu_format_name(f)]);
+    let format = source_format(source, format)?;
+    if !SUPPORTED_FORMATS.contains(&format.as_str()) {
+        return Err(LoadError::UnsupportedFormat { path: name, format });
     }
+    let mut cmd = process::qemu_img();
+    cmd.args([
+        "info",
+        "--output=json",
+        "--backing-chain",
+        "-U",
+        "-f",
+        &format,
+    ]);
     cmd.arg(source.qemu_name());
     let out = cmd
         .output_with_timeout(QEMU_IMG_INFO_LIMIT)
@@ -250,16 +269,29 @@ pub fn probe_with(
             path: name.clone(),
             reason: format!("unexpected qemu-img output: {e}"),
         })?;
-    // Defence in depth: qemu-img must have opened only the files the policy approved.
+    // Defence in depth: qemu-img must have opened only the files the policy approved, each
+    // backing file with the format its child records.
     if let Some(approved) = &approved {
-        for layer in &chain {
+        for (i, layer) in chain.iter().enumerate() {
             let real = std::fs::canonicalize(&layer.filename).ok();
-            if !real.is_some_and(|r| approved.contains(&r)) {
+            if !real.as_ref().is_some_and(|r| approved.files.contains(r)) {
                 return Err(LoadError::Policy {
                     path: name,
                     reason: format!(
                         "qemu-img opened {:?}, which the source policy did not approve",
                         layer.filename
+                    ),
+                });
+            }
+            let recorded = approved.chain.get(i).map(|(_, f)| f.as_str());
+            if i > 0 && recorded != Some(layer.format.as_str()) {
+                return Err(LoadError::Policy {
+                    path: name,
+                    reason: format!(
+                        "qemu-img opened {:?} as {}, not as the recorded {}",
+                        layer.filename,
+                        layer.format,
+                        recorded.unwrap_or("(nothing)")
                     ),
                 });
             }
@@ -269,12 +301,6 @@ pub fn probe_with(
         path: name.clone(),
         reason: "qemu-img reported no image".into(),
     })?;
-    if !SUPPORTED_FORMATS.contains(&top.format.as_str()) {
-        return Err(LoadError::UnsupportedFormat {
-            path: name,
-            format: top.format,
-        });
-    }
     if let (Source::File(path), "raw") = (source, top.format.as_str()) {
         sniff_raw(path)?;
     }
@@ -301,6 +327,38 @@ pub fn probe_with(
         vmdk_subformat,
         chain,
     })
+}
+
+/// The qemu format to open `source` as: what its header says (an NBD export, which we do not
+/// read, is raw unless the user says otherwise: qemu-nbd serves the guest's disk, not a file),
+/// or the user's `declared` format when it agrees with the header.
+fn source_format(source: &Source, declared: Option<&str>) -> Result<String, LoadError> {
+    let declared_qemu = declared.map(qemu_format_name);
+    let header = match source {
+        Source::File(p) => Some(read_header(p, 0, None)?),
+        Source::Ova {
+            ova, offset, size, ..
+        } => Some(read_header(ova, *offset, Some(*size))?),
+        Source::Nbd(_) => None,
+    };
+    match (header, declared_qemu) {
+        (Some(h), Some(d)) if !h.admits(&d) => Err(LoadError::FormatMismatch {
+            path: source.to_string(),
+            declared: declared.unwrap_or_default().to_string(),
+            detected: h.format.to_string(),
+        }),
+        (_, Some(d)) => Ok(d),
+        (Some(h), None) => Ok(h.format.to_string()),
+        (None, None) => Ok("raw".into()),
+    }
+}
+
+/// The [`policy::Header`] of the image at `offset` (of `size` bytes) in `path`.
+fn read_header(path: &Path, offset: u64, size: Option<u64>) -> Result<policy::Header, LoadError> {
+    let p = path.display().to_string();
+    let mut f = policy::open_source(path)?;
+    let (head, tail) = policy::read_image_head_tail(&mut f, &p, offset, size)?;
+    Ok(policy::Header::of(&head, &tail))
 }
 
 /// `qemu-img check` the metadata of formats that have it (cheap: it reads tables, not data),

@@ -6,6 +6,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::vhdx;
 use super::LoadError;
 
 /// Longest backing chain accepted (top image included).
@@ -16,6 +17,7 @@ const QCOW2_EXT_BACKING_FORMAT: u32 = 0xE279_2ACA;
 const QCOW2_EXT_DATA_FILE: u32 = 0x4441_5441;
 const QCOW2_INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const VHD_DIFFERENCING: u32 = 4;
+const VDI_SIGNATURE: u32 = 0xBEDA_107F;
 
 /// What an image header says it depends on.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -142,6 +144,57 @@ pub fn parse_header(head: &[u8], tail: &[u8]) -> Result<Dependencies, String> {
     Ok(Dependencies::default())
 }
 
+/// The format an image's first bytes declare, by the magic numbers qemu probes; "raw" when
+/// none matches. A fixed VHD (footer only at the end) is raw to qemu's probe, and here.
+pub fn detect_format(head: &[u8]) -> &'static str {
+    let at = |off: usize, magic: &[u8]| span(head, off, magic.len()) == Some(magic);
+    if at(0, QCOW2_MAGIC) {
+        "qcow2"
+    } else if at(0, b"KDMV") || at(0, b"COWD") || at(0, b"# Disk DescriptorFile") {
+        "vmdk"
+    } else if at(0, vhdx::VHDX_SIGNATURE) {
+        "vhdx"
+    } else if at(0, b"conectix") {
+        "vpc"
+    } else if at(0x40, &VDI_SIGNATURE.to_le_bytes()) {
+        "vdi"
+    } else if at(0, b"QED\0") {
+        "qed"
+    } else if at(0, b"LUKS\xba\xbe") {
+        "luks"
+    } else if at(0, b"WithoutFreeSpace") || at(0, b"WithouFreSpacExt") {
+        "parallels"
+    } else if at(0, b"Bochs Virtual HD Image") {
+        "bochs"
+    } else {
+        "raw"
+    }
+}
+
+/// What an image's own bytes say its format is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// [`detect_format`] of its first bytes.
+    pub format: &'static str,
+    /// The last 512 bytes are a VHD footer: a fixed VHD, which qemu opens as `vpc` only when
+    /// told to.
+    pub vhd_footer: bool,
+}
+
+impl Header {
+    pub fn of(head: &[u8], tail: &[u8]) -> Header {
+        Header {
+            format: detect_format(head),
+            vhd_footer: tail.starts_with(b"conectix"),
+        }
+    }
+
+    /// Whether opening the image as `format` (a qemu name) agrees with its header.
+    pub fn admits(&self, format: &str) -> bool {
+        format == self.format || (format == "vpc" && self.format == "raw" && self.vhd_footer)
+    }
+}
+
 /// Open without blocking (a FIFO would hang) and accept only regular files and block devices.
 pub fn open_source(path: &Path) -> Result<File, LoadError> {
     let p = path.display().to_string();
@@ -186,26 +239,63 @@ pub fn open_source(path: &Path) -> Result<File, LoadError> {
     Ok(f)
 }
 
+/// The first MiB and the last 512 bytes of the whole file.
 fn read_head_tail(f: &mut File, p: &str) -> Result<(Vec<u8>, Vec<u8>), LoadError> {
+    read_image_head_tail(f, p, 0, None)
+}
+
+/// The first MiB and the last 512 bytes of an image that is the byte range `start`,
+/// `len` (to the end of the file when None) of `f`: a whole file or an OVA member.
+pub fn read_image_head_tail(
+    f: &mut File,
+    p: &str,
+    start: u64,
+    len: Option<u64>,
+) -> Result<(Vec<u8>, Vec<u8>), LoadError> {
     let unreadable = |e: std::io::Error| LoadError::Unreadable {
         path: p.into(),
         reason: e.to_string(),
     };
-    let mut head = Vec::new();
-    f.by_ref()
-        .take(1 << 20)
-        .read_to_end(&mut head)
-        .map_err(unreadable)?;
-    let len = f.seek(SeekFrom::End(0)).map_err(unreadable)?;
-    let mut tail = Vec::new();
-    if len >= 512 {
-        f.seek(SeekFrom::Start(len - 512)).map_err(unreadable)?;
-        f.by_ref()
-            .take(512)
-            .read_to_end(&mut tail)
-            .map_err(unreadable)?;
-    }
+    let file_len = f.seek(SeekFrom::End(0)).map_err(unreadable)?;
+    let end = match len {
+        Some(l) => start.saturating_add(l).min(file_len),
+        None => file_len,
+    };
+    let size = end.saturating_sub(start);
+    let head = read_range(f, start, size.min(1 << 20)).map_err(unreadable)?;
+    let tail = if size >= 512 {
+        read_range(f, end - 512, 512).map_err(unreadable)?
+    } else {
+        Vec::new()
+    };
     Ok((head, tail))
+}
+
+/// Up to `len` bytes from `offset` (fewer at the end of the file).
+fn read_range(f: &mut File, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    f.by_ref().take(len).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// [`Dependencies`] of the image open as `f`: its header, and for a VHDX its metadata.
+fn dependencies(f: &mut File, p: &str) -> Result<(Dependencies, Header), LoadError> {
+    let (head, tail) = read_head_tail(f, p)?;
+    let damaged = |reason| LoadError::Damaged {
+        path: p.into(),
+        reason,
+    };
+    let header = Header::of(&head, &tail);
+    let mut deps = parse_header(&head, &tail).map_err(damaged)?;
+    if header.format == "vhdx" {
+        let parent = vhdx::parent_info(&mut |off, len| read_range(f, off, len as u64).ok())
+            .map_err(damaged)?;
+        if parent.is_differencing() {
+            deps.refused = Some(parent.describe());
+        }
+    }
+    Ok((deps, header))
 }
 
 const TRUST_HINT: &str = "(use --trust-backing-files to allow)";
@@ -239,9 +329,17 @@ fn approve(image: &Path, dir: &Path, what: &str, name: &str) -> Result<PathBuf, 
     Ok(real)
 }
 
+/// What the policy let through: every file qemu may open, and the backing chain (top first)
+/// with the format each layer is opened as.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Approved {
+    pub files: Vec<PathBuf>,
+    /// (resolved path, format): detected for the top, as recorded by its child for the others.
+    pub chain: Vec<(PathBuf, String)>,
+}
+
 /// Check `path` and everything its headers name, before qemu-img opens any of it.
-/// Returns the approved files, top first.
-pub fn check_source(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+pub fn check_source(path: &Path) -> Result<Approved, LoadError> {
     let top = open_source(path)?;
     drop(top);
     let p = path.display().to_string();
@@ -250,16 +348,33 @@ pub fn check_source(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
         reason: e.to_string(),
     })?;
     let dir = real.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let mut approved = vec![real.clone()];
+    let mut approved = Approved {
+        files: vec![real.clone()],
+        chain: Vec::new(),
+    };
     let mut current = path.to_path_buf();
+    let mut current_real = real;
+    // (format, child, entry) of the backing file `current` is, as its child records it.
+    let mut recorded: Option<(String, String, String)> = None;
     loop {
         let cp = current.display().to_string();
         let mut f = open_source(&current)?;
-        let (head, tail) = read_head_tail(&mut f, &cp)?;
-        let deps = parse_header(&head, &tail).map_err(|reason| LoadError::Damaged {
-            path: cp.clone(),
-            reason,
-        })?;
+        let (deps, header) = dependencies(&mut f, &cp)?;
+        // The child names the entry, so the child is the file the refusal names.
+        let format = match recorded.take() {
+            Some((rec, child, name)) if !header.admits(&rec) => {
+                return Err(LoadError::Policy {
+                    path: child,
+                    reason: format!(
+                        "backing file {name:?} is recorded as {rec} but its header says {}",
+                        header.format
+                    ),
+                })
+            }
+            Some((rec, ..)) => rec,
+            None => header.format.to_string(),
+        };
+        approved.chain.push((current_real.clone(), format));
         if let Some(reason) = deps.refused {
             return Err(LoadError::Policy {
                 path: cp,
@@ -268,32 +383,34 @@ pub fn check_source(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
         }
         for extent in &deps.extents {
             let e = approve(&current, &dir, "extent", extent)?;
-            approved.push(e);
+            approved.files.push(e);
         }
         let Some((backing, format)) = deps.backing else {
             return Ok(approved);
         };
         let next = approve(&current, &dir, "backing file", &backing)?;
-        if format.is_none() {
+        let Some(format) = format else {
             return Err(LoadError::Policy {
                 path: cp,
                 reason: format!("backing file {backing:?} has no recorded format {TRUST_HINT}"),
             });
-        }
-        if approved.len() >= MAX_CHAIN_LENGTH {
+        };
+        if approved.files.len() >= MAX_CHAIN_LENGTH {
             return Err(LoadError::Policy {
                 path: p,
                 reason: format!("backing chain longer than {MAX_CHAIN_LENGTH} images {TRUST_HINT}"),
             });
         }
-        if approved.contains(&next) {
+        if approved.files.contains(&next) {
             return Err(LoadError::Policy {
                 path: cp,
                 reason: format!("backing file {backing:?} makes a loop"),
             });
         }
-        approved.push(next.clone());
-        current = next;
+        approved.files.push(next.clone());
+        recorded = Some((format, cp, backing));
+        current = next.clone();
+        current_real = next;
     }
 }
 
@@ -373,6 +490,87 @@ mod tests {
             .is_none());
     }
 
+    #[test]
+    fn formats_are_detected_from_magic_numbers() {
+        assert_eq!(detect_format(&qcow2(None, None, 0)), "qcow2");
+        assert_eq!(detect_format(b"KDMV\x01\0\0\0"), "vmdk");
+        assert_eq!(detect_format(b"# Disk DescriptorFile\n"), "vmdk");
+        assert_eq!(detect_format(b"vhdxfile"), "vhdx");
+        assert_eq!(detect_format(b"conectix"), "vpc");
+        let mut vdi = vec![0u8; 512];
+        vdi[0x40..0x44].copy_from_slice(&VDI_SIGNATURE.to_le_bytes());
+        assert_eq!(detect_format(&vdi), "vdi");
+        assert_eq!(detect_format(b"QED\0"), "qed");
+        assert_eq!(detect_format(&[0u8; 4096]), "raw");
+        assert_eq!(detect_format(b""), "raw");
+    }
+
+    #[test]
+    fn a_fixed_vhd_is_raw_unless_declared_vpc() {
+        let h = Header::of(&[0u8; 512], b"conectix\0\0");
+        assert_eq!(h.format, "raw");
+        assert!(h.admits("raw") && h.admits("vpc") && !h.admits("qcow2"));
+        let plain = Header::of(&[0u8; 512], &[0u8; 512]);
+        assert!(!plain.admits("vpc"));
+    }
+
+    #[test]
+    fn the_chain_carries_each_layers_recorded_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("base.img"), vec![0u8; 8192]).unwrap();
+        std::fs::write(d.join("top.qcow2"), qcow2(Some("base.img"), Some("raw"), 0)).unwrap();
+        let approved = check_source(&d.join("top.qcow2")).unwrap();
+        let real = std::fs::canonicalize(d).unwrap();
+        assert_eq!(
+            approved.chain,
+            vec![
+                (real.join("top.qcow2"), "qcow2".to_string()),
+                (real.join("base.img"), "raw".to_string())
+            ]
+        );
+        // A backing recorded as qcow2 that is raw by its header is refused by name.
+        std::fs::write(
+            d.join("lie.qcow2"),
+            qcow2(Some("base.img"), Some("qcow2"), 0),
+        )
+        .unwrap();
+        let err = check_source(&d.join("lie.qcow2")).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "lie.qcow2: backing file \"base.img\" is recorded as qcow2 but its header says raw"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_differencing_vhdx_is_refused_naming_its_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("diff.vhdx");
+        std::fs::write(
+            &p,
+            vhdx::synthetic(
+                true,
+                &[
+                    ("relative_path", "..\\shadow"),
+                    ("absolute_win32_path", "C:\\p.vhdx"),
+                ],
+            ),
+        )
+        .unwrap();
+        let err = check_source(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("diff.vhdx")
+                && err.contains("differencing VHDX")
+                && err.contains(r#"relative_path "..\\shadow""#)
+                && err.contains("--trust-backing-files"),
+            "{err}"
+        );
+        std::fs::write(&p, vhdx::synthetic(false, &[])).unwrap();
+        assert!(check_source(&p).is_ok());
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_headers_never_panic(head in proptest::collection::vec(0u8..=255, 0..2048),
@@ -384,6 +582,7 @@ mod tests {
             let mut v = b"KDMV".to_vec();
             v.extend_from_slice(&head);
             let _ = parse_header(&v, &tail);
+            let _ = detect_format(&head);
         }
     }
 }
