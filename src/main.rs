@@ -181,7 +181,16 @@ struct FixArgs {
     /// Remove VMware Tools (open-vm-tools) from the guest.
     #[arg(long)]
     remove_vmware_tools: bool,
-    /// Keep MAC-pinned network configuration.
+    /// Network continuity: keep-names pins each interface name the guest configures to its
+    /// KVM NIC with a systemd .link file; rename rewrites the configuration to the names given
+    /// with --nic (or nics[].target_name); leave changes nothing and warns about lost names.
+    #[arg(long, value_parser = ["keep-names", "rename", "leave"], conflicts_with = "no_network_cleanup")]
+    network: Option<String>,
+    /// The MAC a VMware NIC gets on KVM (and, for --network rename, its new interface name):
+    /// OLD_MAC=NEW_MAC[,name=NEWNAME]. Repeatable; by default a NIC keeps its MAC.
+    #[arg(long, value_name = "OLD_MAC=NEW_MAC[,name=NEWNAME]")]
+    nic: Vec<String>,
+    /// Change no network configuration (the same as --network leave).
     #[arg(long)]
     no_network_cleanup: bool,
     /// Do not trim free space before the copy.
@@ -362,6 +371,11 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
     plan.fix.force_initramfs |= args.force_initramfs;
     plan.fix.remove_vmware_tools |= args.remove_vmware_tools;
     plan.fix.network_cleanup &= !args.no_network_cleanup;
+    if let Some(mode) = &args.network {
+        plan.fix.network = mode.parse().map_err(anyhow::Error::msg)?;
+        plan.fix.network_cleanup = true;
+    }
+    h2k_guest::plan::merge_nic_flags(&mut plan.fix.nics, &args.nic).map_err(anyhow::Error::msg)?;
     plan.fix.trim &= !args.no_trim;
     plan.fix.backup |= args.backup;
     plan.validate.check_image_integrity &= !args.no_check;
