@@ -395,3 +395,374 @@ fn rename(
     d.writes = edits.into_writes();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::inventory::scan;
+    use super::*;
+
+    const INTERFACES: &str = "/etc/network/interfaces";
+    const UDEV: &str = "/etc/udev/rules.d/70-persistent-net.rules";
+    const MAC: &str = "00:50:56:9a:12:34";
+    const NEW: &str = "52:54:00:12:34:56";
+
+    fn file(path: &str, format: Format, text: &str) -> GuestFile {
+        GuestFile {
+            path: path.into(),
+            format,
+            text: text.into(),
+        }
+    }
+
+    fn debian(iface_text: &str) -> Vec<GuestFile> {
+        vec![
+            file(INTERFACES, Format::Ifupdown, iface_text),
+            file(
+                UDEV,
+                Format::UdevRules,
+                &format!(
+                    "# generated\n\n# PCI device 0x15ad:0x07b0 (vmxnet3)\n\
+                     SUBSYSTEM==\"net\", ACTION==\"add\", DRIVERS==\"?*\", ATTR{{address}}==\"{MAC}\", KERNEL==\"eth*\", NAME=\"ens192\"\n\
+                     # PCI device 0x8086:0x100e (e1000)\n\
+                     SUBSYSTEM==\"net\", ACTION==\"add\", ATTR{{address}}==\"52:54:00:aa:aa:aa\", NAME=\"eth9\"\n"
+                ),
+            ),
+        ]
+    }
+
+    const DHCP: &str =
+        "auto lo\niface lo inet loopback\n\nallow-hotplug ens192\niface ens192 inet dhcp\n";
+
+    fn nic(mac: &str, target: Option<&str>, name: Option<&str>) -> NicPlan {
+        NicPlan {
+            mac: Some(mac.into()),
+            network: None,
+            target_mac: target.map(str::to_string),
+            target_name: name.map(str::to_string),
+        }
+    }
+
+    fn run(files: &[GuestFile], mode: NetworkMode, nics: &[NicPlan]) -> Result<Decision, String> {
+        decide(files, &scan(files), mode, nics)
+    }
+
+    /// The guest files after the decision is carried out.
+    fn applied(files: &[GuestFile], d: &Decision) -> Vec<GuestFile> {
+        let mut out: Vec<GuestFile> = files
+            .iter()
+            .filter(|f| !d.removals.iter().any(|r| r.path == f.path))
+            .cloned()
+            .collect();
+        for w in &d.writes {
+            match out.iter_mut().find(|f| f.path == w.path) {
+                Some(f) => f.text = w.text.clone(),
+                None => out.push(file(&w.path, Format::NetworkdLink, &w.text)),
+            }
+        }
+        out
+    }
+
+    fn write<'d>(d: &'d Decision, path: &str) -> &'d Write {
+        d.writes
+            .iter()
+            .find(|w| w.path == path)
+            .unwrap_or_else(|| panic!("no write of {path}: {d:#?}"))
+    }
+
+    fn assert_idempotent(files: &[GuestFile], mode: NetworkMode, nics: &[NicPlan]) {
+        let once = applied(files, &run(files, mode, nics).unwrap());
+        let again = run(&once, mode, nics).unwrap();
+        assert!(
+            again.writes.is_empty() && again.removals.is_empty(),
+            "second run changed something: {again:#?}"
+        );
+    }
+
+    #[test]
+    fn keep_names_pins_the_fixture_name_to_the_kept_mac() {
+        let files = debian(DHCP);
+        let d = run(&files, NetworkMode::KeepNames, &[]).unwrap();
+        let link = write(&d, "/etc/systemd/network/10-h2k-ens192.link");
+        assert_eq!(
+            link.text,
+            render_link(&LinkMatch::Mac(MAC.into()), "ens192")
+        );
+        let udev = write(&d, UDEV);
+        assert!(
+            !udev.text.contains("ens192") && !udev.text.contains("vmxnet3"),
+            "{}",
+            udev.text
+        );
+        assert!(udev.text.contains("NAME=\"eth9\"") && udev.text.contains("(e1000)"));
+        assert!(!d.writes.iter().any(|w| w.path == INTERFACES));
+        assert_eq!(d.writes.len(), 2);
+        assert!(d.removals.is_empty());
+        assert!(
+            d.outcomes[0].contains(&format!("ens192 ({MAC}) → ens192 ({MAC}), dhcp: kept by /etc/systemd/network/10-h2k-ens192.link")),
+            "{:?}",
+            d.outcomes
+        );
+        assert!(d
+            .outcomes
+            .iter()
+            .any(|o| o.contains("removed the udev rule pinning ens192")));
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        assert_idempotent(&files, NetworkMode::KeepNames, &[]);
+    }
+
+    #[test]
+    fn keep_names_with_a_new_mac_rewrites_macs_and_keeps_addresses_byte_for_byte() {
+        let keyfile = "[connection]\nid=lan\ntype=ethernet\ninterface-name=ens192\n\n[ethernet]\nmac-address=00:50:56:9A:12:34\n\n\
+                       [ipv4]\naddress1=192.0.2.7/24,192.0.2.1\ndns=192.0.2.53;\nmethod=manual\n";
+        let nm = "/etc/NetworkManager/system-connections/lan.nmconnection";
+        let static_ifupdown = "auto ens192\niface ens192 inet static\n  address 192.0.2.7/24\n  gateway 192.0.2.1\n  dns-nameservers 192.0.2.53\n";
+        let mut files = debian(static_ifupdown);
+        files.push(file(nm, Format::NmKeyfile, keyfile));
+        let nics = [nic(MAC, Some(NEW), None)];
+        let d = run(&files, NetworkMode::KeepNames, &nics).unwrap();
+        assert_eq!(
+            write(&d, "/etc/systemd/network/10-h2k-ens192.link").text,
+            render_link(&LinkMatch::Mac(NEW.into()), "ens192")
+        );
+        let nm_write = write(&d, nm);
+        assert_eq!(
+            nm_write.text,
+            keyfile.replace("00:50:56:9A:12:34", "52:54:00:12:34:56")
+        );
+        assert!(nm_write.note.contains(&format!("MAC {MAC} → {NEW}")));
+        assert!(
+            !d.writes.iter().any(|w| w.path == INTERFACES),
+            "static config untouched"
+        );
+        assert!(
+            d.outcomes[0].contains(&format!("→ ens192 ({NEW}), static")),
+            "{:?}",
+            d.outcomes
+        );
+        assert_idempotent(&files, NetworkMode::KeepNames, &nics);
+    }
+
+    #[test]
+    fn keep_names_without_a_mac_uses_the_virtio_driver_when_unambiguous() {
+        let files = vec![file(INTERFACES, Format::Ifupdown, DHCP)];
+        let d = run(&files, NetworkMode::KeepNames, &[]).unwrap();
+        assert_eq!(
+            write(&d, "/etc/systemd/network/10-h2k-ens192.link").text,
+            render_link(&LinkMatch::VirtioDriver, "ens192")
+        );
+        assert!(d.outcomes[0].contains("ens192 (MAC unknown) → ens192 (the virtio NIC)"));
+        assert_idempotent(&files, NetworkMode::KeepNames, &[]);
+        // One NIC in the plan with its KVM MAC: matched by that MAC instead.
+        let one = [nic("00:50:56:00:00:09", Some(NEW), None)];
+        let d = run(&files, NetworkMode::KeepNames, &one).unwrap();
+        assert_eq!(
+            write(&d, "/etc/systemd/network/10-h2k-ens192.link").text,
+            render_link(&LinkMatch::Mac(NEW.into()), "ens192")
+        );
+    }
+
+    #[test]
+    fn keep_names_warns_when_it_cannot_be_unambiguous() {
+        let two = "auto ens192 ens224\niface ens192 inet dhcp\niface ens224 inet dhcp\n";
+        let files = vec![file(INTERFACES, Format::Ifupdown, two)];
+        let d = run(&files, NetworkMode::KeepNames, &[]).unwrap();
+        assert!(d.writes.is_empty(), "{:?}", d.writes);
+        assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
+        assert!(d.warnings[0].contains("ens192 has no MAC recorded"));
+        // One NIC in the plan but no MAC for the interface: still ambiguous with two NICs.
+        let one = vec![file(INTERFACES, Format::Ifupdown, DHCP)];
+        let d = run(
+            &one,
+            NetworkMode::KeepNames,
+            &[
+                nic("00:50:56:00:00:01", None, None),
+                nic("00:50:56:00:00:02", None, None),
+            ],
+        )
+        .unwrap();
+        assert!(d.writes.is_empty());
+        assert!(
+            d.warnings[0].contains("(2 in the plan)"),
+            "{:?}",
+            d.warnings
+        );
+    }
+
+    #[test]
+    fn keep_names_replaces_vmware_link_pins_and_keeps_its_own() {
+        let old_link = "/etc/systemd/network/50-vmware.link";
+        let own = "/etc/systemd/network/10-h2k-ens192.link";
+        let files = vec![
+            file(INTERFACES, Format::Ifupdown, DHCP),
+            file(
+                old_link,
+                Format::NetworkdLink,
+                "[Match]\nMACAddress=00:50:56:01:02:03\n\n[Link]\nName=ens192\n",
+            ),
+            file(
+                own,
+                Format::NetworkdLink,
+                &render_link(&LinkMatch::Mac("00:50:56:01:02:03".into()), "ens192"),
+            ),
+        ];
+        let d = run(&files, NetworkMode::KeepNames, &[]).unwrap();
+        assert_eq!(d.removals.len(), 1);
+        assert_eq!(d.removals[0].path, old_link);
+        assert!(
+            d.writes.is_empty(),
+            "own link already right: {:?}",
+            d.writes
+        );
+    }
+
+    #[test]
+    fn keep_names_ifcfg_hwaddr_uppercase_and_netplan_macaddress_follow_the_new_mac() {
+        let ifcfg = "DEVICE=ens192\nHWADDR=00:50:56:9A:12:34\nBOOTPROTO=static\nIPADDR=192.0.2.9\nPREFIX=24\n";
+        let netplan = "network:\n  ethernets:\n    lan:\n      match:\n        macaddress: 00:50:56:9a:12:34\n      set-name: ens192\n      dhcp4: true\n";
+        let files = vec![
+            file(
+                "/etc/sysconfig/network-scripts/ifcfg-ens192",
+                Format::Ifcfg,
+                ifcfg,
+            ),
+            file("/etc/netplan/50-lan.yaml", Format::Netplan, netplan),
+        ];
+        let nics = [nic(MAC, Some(NEW), None)];
+        let d = run(&files, NetworkMode::KeepNames, &nics).unwrap();
+        assert_eq!(
+            write(&d, "/etc/sysconfig/network-scripts/ifcfg-ens192").text,
+            "DEVICE=ens192\nHWADDR=52:54:00:12:34:56\nBOOTPROTO=static\nIPADDR=192.0.2.9\nPREFIX=24\n"
+        );
+        assert!(write(&d, "/etc/netplan/50-lan.yaml")
+            .text
+            .contains("macaddress: 52:54:00:12:34:56"));
+        assert_idempotent(&files, NetworkMode::KeepNames, &nics);
+        // The MAC kept (no target): nothing but the .link.
+        let d = run(&files, NetworkMode::KeepNames, &[]).unwrap();
+        assert_eq!(d.writes.len(), 1);
+    }
+
+    #[test]
+    fn unknown_nic_mac_warns() {
+        let files = debian(DHCP);
+        let d = run(
+            &files,
+            NetworkMode::KeepNames,
+            &[nic("00:50:56:00:00:77", Some(NEW), None)],
+        )
+        .unwrap();
+        assert!(
+            d.warnings.iter().any(|w| w.contains("00:50:56:00:00:77")),
+            "{:?}",
+            d.warnings
+        );
+    }
+
+    #[test]
+    fn rename_rewrites_names_everywhere_and_removes_the_pins() {
+        let text = "auto ens192\niface ens192 inet static\n  address 192.0.2.7/24\n\
+                    auto ens192.100\niface ens192.100 inet manual\n  vlan-raw-device ens192\n";
+        let files = debian(text);
+        let nics = [nic(MAC, None, Some("enp1s0"))];
+        let d = run(&files, NetworkMode::Rename, &nics).unwrap();
+        assert_eq!(
+            write(&d, INTERFACES).text,
+            "auto enp1s0\niface enp1s0 inet static\n  address 192.0.2.7/24\n\
+             auto enp1s0.100\niface enp1s0.100 inet manual\n  vlan-raw-device enp1s0\n"
+        );
+        assert!(!write(&d, UDEV).text.contains("ens192"));
+        assert!(!d.writes.iter().any(|w| w.path.ends_with(".link")));
+        assert!(
+            d.outcomes[0].contains(&format!(
+                "ens192 ({MAC}) → enp1s0 ({MAC}), static: configuration renamed"
+            )),
+            "{:?}",
+            d.outcomes
+        );
+        assert_idempotent(&files, NetworkMode::Rename, &nics);
+    }
+
+    #[test]
+    fn rename_without_a_target_name_is_a_clear_error() {
+        let files = debian(DHCP);
+        let err = run(&files, NetworkMode::Rename, &[]).unwrap_err();
+        assert!(
+            err.contains(&format!("no new name for ens192 ({MAC})")),
+            "{err}"
+        );
+        assert!(err.contains("--nic OLD_MAC=NEW_MAC,name=NEWNAME"), "{err}");
+    }
+
+    #[test]
+    fn rename_can_swap_two_names_and_refuses_a_clash() {
+        let text = "iface eth0 inet dhcp\n  hwaddress 00:50:56:00:00:01\niface eth1 inet static\n  hwaddress 00:50:56:00:00:02\n";
+        let files = vec![file(INTERFACES, Format::Ifupdown, text)];
+        let nics = [
+            nic("00:50:56:00:00:01", None, Some("eth1")),
+            nic("00:50:56:00:00:02", None, Some("eth0")),
+        ];
+        let d = run(&files, NetworkMode::Rename, &nics).unwrap();
+        assert_eq!(
+            write(&d, INTERFACES).text,
+            "iface eth1 inet dhcp\n  hwaddress 00:50:56:00:00:01\niface eth0 inet static\n  hwaddress 00:50:56:00:00:02\n"
+        );
+        let clash = "iface eth0 inet dhcp\n  hwaddress 00:50:56:00:00:01\niface bond0 inet dhcp\n  bond-slaves none\n";
+        let files = vec![file(INTERFACES, Format::Ifupdown, clash)];
+        let err = run(
+            &files,
+            NetworkMode::Rename,
+            &[nic("00:50:56:00:00:01", None, Some("bond0"))],
+        )
+        .unwrap_err();
+        assert!(err.contains("already configures bond0"), "{err}");
+    }
+
+    #[test]
+    fn leave_changes_nothing_and_warns_about_lost_names() {
+        let files = vec![file(INTERFACES, Format::Ifupdown, DHCP)];
+        let d = run(&files, NetworkMode::Leave, &[]).unwrap();
+        assert!(d.writes.is_empty() && d.removals.is_empty());
+        assert!(
+            d.warnings[0].contains("ens192 is a VMware PCI slot name and nothing pins it"),
+            "{:?}",
+            d.warnings
+        );
+        let pinned = debian(DHCP);
+        let d = run(&pinned, NetworkMode::Leave, &[]).unwrap();
+        assert!(
+            d.warnings.is_empty(),
+            "MAC kept: the pin still holds: {:?}",
+            d.warnings
+        );
+        let d = run(&pinned, NetworkMode::Leave, &[nic(MAC, Some(NEW), None)]).unwrap();
+        assert!(d.writes.is_empty());
+        assert!(
+            d.warnings[0].contains(&format!(
+                "pinned to MAC {MAC} by {UDEV}, but the NIC gets {NEW}"
+            )),
+            "{:?}",
+            d.warnings
+        );
+        let eth0 = vec![file(
+            INTERFACES,
+            Format::Ifupdown,
+            "auto eth0\niface eth0 inet dhcp\n",
+        )];
+        assert!(run(&eth0, NetworkMode::Leave, &[])
+            .unwrap()
+            .warnings
+            .is_empty());
+    }
+
+    #[test]
+    fn no_network_configuration_still_drops_vmware_pins() {
+        let files = vec![debian(DHCP).remove(1)];
+        let d = run(&files, NetworkMode::KeepNames, &[]).unwrap();
+        assert!(
+            d.outcomes.iter().all(|o| o.starts_with("removed")),
+            "{:?}",
+            d.outcomes
+        );
+        assert!(!write(&d, UDEV).text.contains("00:50:56"));
+    }
+}
