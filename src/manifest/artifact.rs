@@ -417,3 +417,88 @@ pub(super) fn artifact_fix(f: &Obj, fix: &mut FixPlan) -> Res<()> {
     f.set_bool("trim", &mut fix.trim)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn nic(value: Value) -> Result<NicPlan, String> {
+        artifact_nic(0, &value, &mut Vec::new()).map_err(|b| format!("{}: {}", b.key, b.message))
+    }
+
+    #[test]
+    fn nics_read_target_mac_and_name() {
+        let n = nic(
+            json!({"id": "eth0", "mac": "00:50:56:ab:cd:ef", "network": "VM Network",
+                           "target_mac": "52:54:00:AB:CD:EF", "target_name": "enp1s0"}),
+        )
+        .unwrap();
+        assert_eq!(
+            n,
+            NicPlan {
+                mac: Some("00:50:56:ab:cd:ef".into()),
+                network: Some("VM Network".into()),
+                target_mac: Some("52:54:00:ab:cd:ef".into()),
+                target_name: Some("enp1s0".into()),
+            }
+        );
+        assert_eq!(nic(json!({})).unwrap(), NicPlan::default());
+    }
+
+    #[test]
+    fn bad_nic_values_name_their_key() {
+        for (value, key) in [
+            (json!({"mac": "00:50:56"}), "nics[0].mac"),
+            (
+                json!({"target_mac": "zz:50:56:ab:cd:ef"}),
+                "nics[0].target_mac",
+            ),
+            (json!({"target_mac": 7}), "nics[0].target_mac"),
+            (json!({"target_name": "a b"}), "nics[0].target_name"),
+            (
+                json!({"target_name": "x".repeat(16)}),
+                "nics[0].target_name",
+            ),
+        ] {
+            let err = nic(value.clone()).unwrap_err();
+            assert!(err.starts_with(&format!("{key}:")), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn fix_network_mode_is_read() {
+        let value = json!({"network_mode": "rename"});
+        let f = Obj::open(
+            "pipeline.fix".into(),
+            &value,
+            ARTIFACT_FIX_KEYS,
+            &mut Vec::new(),
+        )
+        .ok()
+        .unwrap();
+        let mut fix = FixPlan::default();
+        artifact_fix(&f, &mut fix).ok().unwrap();
+        assert_eq!(fix.network, NetworkMode::Rename);
+        let value = json!({"network_mode": "keep"});
+        let f = Obj::open(
+            "pipeline.fix".into(),
+            &value,
+            ARTIFACT_FIX_KEYS,
+            &mut Vec::new(),
+        )
+        .ok()
+        .unwrap();
+        let err = artifact_fix(&f, &mut fix).err().unwrap();
+        assert_eq!(err.key, "pipeline.fix.network_mode");
+    }
+
+    #[test]
+    fn unknown_nic_keys_warn() {
+        let mut w = Vec::new();
+        artifact_nic(2, &json!({"model": "vmxnet3"}), &mut w)
+            .ok()
+            .unwrap();
+        assert_eq!(w, ["unknown key nics[2].model (ignored)"]);
+    }
+}
