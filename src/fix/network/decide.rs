@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use super::inventory::{Format, GuestFile, Interface, Inventory, Pin};
 use super::render::{
-    drop_lines, is_vmware_mac, is_vmware_slot_name, link_path, render_link, replace_mac,
-    replace_name, LinkMatch,
+    drop_lines, fallback_link_path, is_vmware_mac, is_vmware_slot_name, link_path, render_link,
+    replace_mac, replace_name, LinkMatch,
 };
 use crate::plan::{normalize_mac, NetworkMode, NicPlan};
 
@@ -97,13 +97,17 @@ fn describe(name: &str, mac: Option<&str>) -> String {
     }
 }
 
-/// The NIC plan entry for an interface: by MAC, or the only one when the guest configures one
-/// NIC and the plan has one.
+/// The NIC plan entry for an interface: by its old MAC (or its new one, after an earlier run),
+/// or the only one when the guest configures one NIC and the plan has one.
 fn nic_for<'n>(iface: &Interface, nics: &'n [NicPlan], ethernets: usize) -> Option<&'n NicPlan> {
+    let is = |m: &Option<String>, mac: &str| {
+        m.as_deref().and_then(normalize_mac).as_deref() == Some(mac)
+    };
     match &iface.mac {
         Some(mac) => nics
             .iter()
-            .find(|n| n.mac.as_deref().and_then(normalize_mac).as_deref() == Some(mac.as_str())),
+            .find(|n| is(&n.mac, mac))
+            .or_else(|| nics.iter().find(|n| is(&n.target_mac, mac))),
         None if ethernets == 1 && nics.len() == 1 => nics.first(),
         None => None,
     }
@@ -285,8 +289,22 @@ fn keep_names(
             LinkMatch::Mac(mac) => format!("{} ({mac})", iface.name),
             LinkMatch::VirtioDriver => format!("{} (the virtio NIC)", iface.name),
         };
+        // The MAC only assumed kept, one NIC: if the new VM gives it another MAC after all,
+        // the one virtio NIC still gets the name (a .link matching only applies when the
+        // MAC one did not).
+        let mac_given = iface.mac.as_ref().is_some_and(|m| macs.contains_key(m))
+            || nic.is_some_and(|n| n.target_mac.is_some());
+        let fallback = (matches!(matcher, LinkMatch::Mac(_))
+            && !mac_given
+            && ethernets.len() == 1
+            && nics.len() <= 1)
+            .then(|| fallback_link_path(&iface.name));
+        let also = fallback
+            .as_ref()
+            .map(|f| format!(" (and {f} on the one virtio NIC if its MAC changes)"))
+            .unwrap_or_default();
         d.outcomes.push(format!(
-            "{} → {how}, {}: kept by {path}",
+            "{} → {how}, {}: kept by {path}{also}",
             describe(&iface.name, iface.mac.as_deref()),
             iface.addressing.as_str()
         ));
@@ -295,6 +313,17 @@ fn keep_names(
             render_link(&matcher, &iface.name),
             format!("keeps the name {}", iface.name),
         );
+        if let Some(f) = fallback {
+            edits.set(
+                &f,
+                render_link(&LinkMatch::VirtioDriver, &iface.name),
+                format!(
+                    "keeps the name {} on a virtio NIC with a new MAC",
+                    iface.name
+                ),
+            );
+            written.push(f);
+        }
         pinned.push(iface.name.clone());
         written.push(path);
     }
@@ -495,7 +524,13 @@ mod tests {
         );
         assert!(udev.text.contains("NAME=\"eth9\"") && udev.text.contains("(e1000)"));
         assert!(!d.writes.iter().any(|w| w.path == INTERFACES));
-        assert_eq!(d.writes.len(), 2);
+        // The MAC is only assumed kept and there is one NIC: the virtio NIC gets the name
+        // even with another MAC.
+        assert_eq!(
+            write(&d, "/etc/systemd/network/11-h2k-ens192-virtio.link").text,
+            render_link(&LinkMatch::VirtioDriver, "ens192")
+        );
+        assert_eq!(d.writes.len(), 3);
         assert!(d.removals.is_empty());
         assert!(
             d.outcomes[0].contains(&format!("ens192 ({MAC}) → ens192 ({MAC}), dhcp: kept by /etc/systemd/network/10-h2k-ens192.link")),
@@ -604,6 +639,11 @@ mod tests {
                 Format::NetworkdLink,
                 &render_link(&LinkMatch::Mac("00:50:56:01:02:03".into()), "ens192"),
             ),
+            file(
+                "/etc/systemd/network/11-h2k-ens192-virtio.link",
+                Format::NetworkdLink,
+                &render_link(&LinkMatch::VirtioDriver, "ens192"),
+            ),
         ];
         let d = run(&files, NetworkMode::KeepNames, &[]).unwrap();
         assert_eq!(d.removals.len(), 1);
@@ -636,10 +676,19 @@ mod tests {
         assert!(write(&d, "/etc/netplan/50-lan.yaml")
             .text
             .contains("macaddress: 52:54:00:12:34:56"));
+        assert!(
+            !d.writes.iter().any(|w| w.path.contains("virtio")),
+            "a new MAC given: no fallback"
+        );
         assert_idempotent(&files, NetworkMode::KeepNames, &nics);
-        // The MAC kept (no target): nothing but the .link.
+        // The MAC kept (no target): nothing but the .link files.
         let d = run(&files, NetworkMode::KeepNames, &[]).unwrap();
-        assert_eq!(d.writes.len(), 1);
+        assert!(
+            d.writes.iter().all(|w| w.path.ends_with(".link")),
+            "{:?}",
+            d.writes
+        );
+        assert_idempotent(&files, NetworkMode::KeepNames, &[]);
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub fn link_path(name: &str) -> String {
     format!("/etc/systemd/network/10-h2k-{name}.link")
 }
 
+/// Where the `.link` that gives `name` to the one virtio NIC goes, after [`link_path`]'s (only
+/// the first `.link` that matches a NIC applies).
+pub fn fallback_link_path(name: &str) -> String {
+    format!("/etc/systemd/network/11-h2k-{name}-virtio.link")
+}
+
 /// A `.link` giving the NIC `matcher` recognizes the name `name`. The text depends only on
 /// these two, so writing it again changes nothing.
 pub fn render_link(matcher: &LinkMatch, name: &str) -> String {
