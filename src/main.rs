@@ -628,3 +628,55 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use h2k_guest::plan::NetworkMode;
+
+    fn plan(extra: &[&str]) -> Result<Plan> {
+        let mut argv = vec!["h2k-guest", "fix", "/src/vm.vmdk", "-o", "/out/vm.qcow2"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Commands::Fix(args) => plan_from_args(&args),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn network_flags_go_into_the_plan() {
+        let p = plan(&[]).unwrap();
+        assert_eq!(p.fix.network_mode(), NetworkMode::KeepNames);
+        let p = plan(&[
+            "--network",
+            "rename",
+            "--nic",
+            "00:50:56:AA:BB:CC=52:54:00:01:02:03,name=enp1s0",
+            "--nic",
+            "00:50:56:aa:bb:dd=00:50:56:aa:bb:dd",
+        ])
+        .unwrap();
+        assert_eq!(p.fix.network_mode(), NetworkMode::Rename);
+        assert_eq!(p.fix.nics.len(), 2);
+        assert_eq!(p.fix.nics[0].mac.as_deref(), Some("00:50:56:aa:bb:cc"));
+        assert_eq!(p.fix.nics[0].target_name.as_deref(), Some("enp1s0"));
+        let p = plan(&["--no-network-cleanup"]).unwrap();
+        assert_eq!(p.fix.network_mode(), NetworkMode::Leave);
+    }
+
+    #[test]
+    fn bad_network_flags_are_refused() {
+        assert!(plan(&["--network", "keep"]).is_err());
+        assert!(plan(&["--network", "leave", "--no-network-cleanup"]).is_err());
+        let err = plan(&["--nic", "00:50:56:aa:bb=52:54:00:01:02:03"]).unwrap_err();
+        assert!(err.to_string().contains("is not a MAC address"), "{err}");
+        let err = plan(&[
+            "--nic",
+            "00:50:56:aa:bb:cc=52:54:00:01:02:03",
+            "--nic",
+            "00:50:56:aa:bb:cc=52:54:00:01:02:04",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+    }
+}

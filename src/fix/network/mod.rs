@@ -27,6 +27,9 @@ const STEP: &str = "network";
 /// A guest with more network files than this is not a real one; the cap bounds the work.
 const MAX_FILES: usize = 512;
 
+/// An override of udev's rule that applies `.link` files (how some templates turn naming off).
+const MASKED_LINK_RULES: &str = "/etc/udev/rules.d/80-net-setup-link.rules";
+
 /// Where each format lives (ifupdown is followed from /etc/network/interfaces instead).
 const GLOBS: &[(&str, Format)] = &[
     ("/etc/netplan/*.yaml", Format::Netplan),
@@ -180,6 +183,13 @@ pub fn run(
         })?;
     warnings.extend(inv.warnings.iter().map(|w| format!("network: {w}")));
     warnings.extend(decision.warnings.iter().cloned());
+    let writes_links = decision.writes.iter().any(|w| w.path.ends_with(".link"));
+    if writes_links && guest.g.exists(MASKED_LINK_RULES).unwrap_or(false) {
+        // Usually a symlink to /dev/null: udev then applies no .link file at all.
+        warnings.push(format!(
+            "network: {MASKED_LINK_RULES} overrides the rule that applies .link files; the names written may not be applied"
+        ));
+    }
     let mut changes: Vec<FileChange> = Vec::new();
     for w in &decision.writes {
         if let Some(c) = guest.write_file(STEP, &w.path, &w.text, &w.note)? {
