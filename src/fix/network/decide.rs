@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::inventory::{Format, GuestFile, Interface, Inventory, Pin};
+use super::inventory::{Format, GuestFile, Interface, Inventory, Kind, Pin};
 use super::render::{
     drop_lines, fallback_link_path, is_vmware_mac, is_vmware_slot_name, link_path, render_link,
     replace_mac, replace_name, LinkMatch,
@@ -133,12 +133,17 @@ pub fn decide(
         }
     }
     match mode {
-        NetworkMode::Leave => {
-            leave(inv, &ethernets, &macs, &mut d);
-            return Ok(d);
-        }
+        NetworkMode::Leave => leave(inv, &ethernets, &macs, &mut d),
         NetworkMode::KeepNames => keep_names(files, inv, &ethernets, nics, &macs, &mut d),
         NetworkMode::Rename => rename(files, inv, &ethernets, nics, &macs, &mut d)?,
+    }
+    for iface in inv.interfaces.iter().filter(|i| i.kind == Kind::Virtual) {
+        d.outcomes.push(format!(
+            "{}: virtual ({}), named by its own configuration in {}",
+            iface.name,
+            iface.addressing.as_str(),
+            iface.files.join(", ")
+        ));
     }
     Ok(d)
 }
@@ -304,9 +309,10 @@ fn keep_names(
             .map(|f| format!(" (and {f} on the one virtio NIC if its MAC changes)"))
             .unwrap_or_default();
         d.outcomes.push(format!(
-            "{} → {how}, {}: kept by {path}{also}",
+            "{} → {how}, {}: kept by {path}{also}; configured in {}",
             describe(&iface.name, iface.mac.as_deref()),
-            iface.addressing.as_str()
+            iface.addressing.as_str(),
+            iface.files.join(", ")
         ));
         edits.set(
             &path,
@@ -412,10 +418,11 @@ fn rename(
             .map(|m| macs.get(m).unwrap_or(m).clone())
             .or_else(|| nic.and_then(|n| n.target_mac.clone()));
         d.outcomes.push(format!(
-            "{} → {}, {}: configuration renamed",
+            "{} → {}, {}: configuration renamed in {}",
             describe(&iface.name, iface.mac.as_deref()),
             describe(new, target.as_deref()),
-            iface.addressing.as_str()
+            iface.addressing.as_str(),
+            iface.files.join(", ")
         ));
     }
     let old_names: Vec<String> = renames.iter().map(|(i, _)| i.name.clone()).collect();
@@ -723,7 +730,7 @@ mod tests {
         assert!(!d.writes.iter().any(|w| w.path.ends_with(".link")));
         assert!(
             d.outcomes[0].contains(&format!(
-                "ens192 ({MAC}) → enp1s0 ({MAC}), static: configuration renamed"
+                "ens192 ({MAC}) → enp1s0 ({MAC}), static: configuration renamed in {INTERFACES}"
             )),
             "{:?}",
             d.outcomes
