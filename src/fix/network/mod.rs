@@ -206,3 +206,36 @@ pub fn run(
     };
     Ok(record(STEP, started, changes, summary))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_resolve_against_the_file_directory() {
+        assert_eq!(
+            resolve_source("/etc/network/interfaces", "interfaces.d/*"),
+            "/etc/network/interfaces.d/*"
+        );
+        assert_eq!(
+            resolve_source("/etc/network/interfaces.d/a", "/etc/network/b"),
+            "/etc/network/b"
+        );
+    }
+
+    #[test]
+    fn backups_and_non_run_parts_names_are_skipped() {
+        for p in [
+            "/etc/sysconfig/network-scripts/ifcfg-eth0.h2k-orig",
+            "/etc/sysconfig/network-scripts/ifcfg-eth0.bak",
+            "/etc/network/interfaces.d/eth0~",
+            "/etc/netplan/01.yaml.dpkg-old",
+        ] {
+            assert!(is_leftover(p), "{p}");
+        }
+        assert!(!is_leftover("/etc/sysconfig/network-scripts/ifcfg-eth0"));
+        assert!(is_run_parts_name("50-cloud_init"));
+        assert!(!is_run_parts_name("eth0.cfg"));
+        assert!(!is_run_parts_name(""));
+    }
+}
