@@ -550,6 +550,7 @@ impl Guestfs {
     string_call!(readlink => guestfs_readlink(path));
     string_call!(realpath => guestfs_realpath(path));
     int_call!(rm => guestfs_rm(path));
+    int_call!(mkdir_p => guestfs_mkdir_p(path));
     int_call!(rm_f => guestfs_rm_f(path));
     int_call!(mv => guestfs_mv(src, dest));
     int_call!(cp => guestfs_cp(src, dest));

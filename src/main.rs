@@ -212,7 +212,16 @@ struct FixArgs {
     /// Remove VMware Tools (open-vm-tools) from the guest.
     #[arg(long)]
     remove_vmware_tools: bool,
-    /// Keep MAC-pinned network configuration.
+    /// Network continuity: keep-names pins each interface name the guest configures to its
+    /// KVM NIC with a systemd .link file; rename rewrites the configuration to the names given
+    /// with --nic (or nics[].target_name); leave changes nothing and warns about lost names.
+    #[arg(long, value_parser = ["keep-names", "rename", "leave"], conflicts_with = "no_network_cleanup")]
+    network: Option<String>,
+    /// The MAC a VMware NIC gets on KVM (and, for --network rename, its new interface name):
+    /// OLD_MAC=NEW_MAC[,name=NEWNAME]. Repeatable; by default a NIC keeps its MAC.
+    #[arg(long, value_name = "OLD_MAC=NEW_MAC[,name=NEWNAME]")]
+    nic: Vec<String>,
+    /// Change no network configuration (the same as --network leave).
     #[arg(long)]
     no_network_cleanup: bool,
     /// Do not trim free space before the copy.
@@ -419,6 +428,11 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
     plan.fix.force_initramfs |= args.force_initramfs;
     plan.fix.remove_vmware_tools |= args.remove_vmware_tools;
     plan.fix.network_cleanup &= !args.no_network_cleanup;
+    if let Some(mode) = &args.network {
+        plan.fix.network = mode.parse().map_err(anyhow::Error::msg)?;
+        plan.fix.network_cleanup = true;
+    }
+    h2k_guest::plan::merge_nic_flags(&mut plan.fix.nics, &args.nic).map_err(anyhow::Error::msg)?;
     plan.fix.trim &= !args.no_trim;
     plan.fix.backup |= args.backup;
     plan.validate.check_image_integrity &= !args.no_check;
@@ -708,4 +722,56 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use h2k_guest::plan::NetworkMode;
+
+    fn plan(extra: &[&str]) -> Result<Plan> {
+        let mut argv = vec!["h2k-guest", "fix", "/src/vm.vmdk", "-o", "/out/vm.qcow2"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Commands::Fix(args) => plan_from_args(&args),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn network_flags_go_into_the_plan() {
+        let p = plan(&[]).unwrap();
+        assert_eq!(p.fix.network_mode(), NetworkMode::KeepNames);
+        let p = plan(&[
+            "--network",
+            "rename",
+            "--nic",
+            "00:50:56:AA:BB:CC=52:54:00:01:02:03,name=enp1s0",
+            "--nic",
+            "00:50:56:aa:bb:dd=00:50:56:aa:bb:dd",
+        ])
+        .unwrap();
+        assert_eq!(p.fix.network_mode(), NetworkMode::Rename);
+        assert_eq!(p.fix.nics.len(), 2);
+        assert_eq!(p.fix.nics[0].mac.as_deref(), Some("00:50:56:aa:bb:cc"));
+        assert_eq!(p.fix.nics[0].target_name.as_deref(), Some("enp1s0"));
+        let p = plan(&["--no-network-cleanup"]).unwrap();
+        assert_eq!(p.fix.network_mode(), NetworkMode::Leave);
+    }
+
+    #[test]
+    fn bad_network_flags_are_refused() {
+        assert!(plan(&["--network", "keep"]).is_err());
+        assert!(plan(&["--network", "leave", "--no-network-cleanup"]).is_err());
+        let err = plan(&["--nic", "00:50:56:aa:bb=52:54:00:01:02:03"]).unwrap_err();
+        assert!(err.to_string().contains("is not a MAC address"), "{err}");
+        let err = plan(&[
+            "--nic",
+            "00:50:56:aa:bb:cc=52:54:00:01:02:03",
+            "--nic",
+            "00:50:56:aa:bb:cc=52:54:00:01:02:04",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+    }
 }

@@ -131,8 +131,12 @@ pub struct FixPlan {
     /// Rebuild the initramfs even when virtio drivers are already present.
     pub force_initramfs: bool,
     pub remove_vmware_tools: bool,
-    /// Drop MAC-pinned udev/netplan/ifcfg network naming (VMware MACs).
+    /// Network continuity on (false = `--no-network-cleanup`, the same as [`NetworkMode::Leave`]).
     pub network_cleanup: bool,
+    /// How the interfaces the guest configures meet the KVM NICs.
+    pub network: NetworkMode,
+    /// The VM's NICs with their KVM MAC/name (manifest `nics[]`, then `--nic` flags).
+    pub nics: Vec<NicPlan>,
     /// fstrim guest filesystems before the copy so free blocks are not copied.
     pub trim: bool,
     /// Keep `FILE.h2k-orig` copies of changed guest files inside the guest.
@@ -150,6 +154,8 @@ impl Default for FixPlan {
             force_initramfs: false,
             remove_vmware_tools: false,
             network_cleanup: true,
+            network: NetworkMode::KeepNames,
+            nics: Vec::new(),
             trim: true,
             backup: false,
         }
@@ -212,10 +218,150 @@ pub struct VmPlan {
     pub nics: Vec<NicPlan>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct NicPlan {
+    /// The MAC the NIC had on VMware (lower case, colons).
     pub mac: Option<String>,
     pub network: Option<String>,
+    /// The MAC it gets on KVM; None = it keeps `mac` (libvirt and virt-v2v keep it).
+    pub target_mac: Option<String>,
+    /// The interface name the guest should use for it on KVM (`--network rename`).
+    pub target_name: Option<String>,
+}
+
+impl NicPlan {
+    /// `OLD_MAC=NEW_MAC[,name=NEWNAME]` (the `--nic` flag); MACs come back normalized.
+    pub fn parse_flag(s: &str) -> Result<NicPlan, String> {
+        let (old, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--nic {s:?}: expected OLD_MAC=NEW_MAC[,name=NEWNAME]"))?;
+        let mut parts = rest.split(',');
+        let new = parts.next().unwrap_or_default();
+        let mac = normalize_mac(old)
+            .ok_or_else(|| format!("--nic {s:?}: {old:?} is not a MAC address"))?;
+        let target_mac = normalize_mac(new)
+            .ok_or_else(|| format!("--nic {s:?}: {new:?} is not a MAC address"))?;
+        let mut target_name = None;
+        for part in parts {
+            match part.split_once('=') {
+                Some(("name", name)) if valid_interface_name(name) => {
+                    target_name = Some(name.to_string())
+                }
+                Some(("name", name)) => {
+                    return Err(format!(
+                        "--nic {s:?}: {name:?} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "--nic {s:?}: unknown part {part:?} (expected name=NEWNAME)"
+                    ))
+                }
+            }
+        }
+        Ok(NicPlan {
+            mac: Some(mac),
+            network: None,
+            target_mac: Some(target_mac),
+            target_name,
+        })
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` from a MAC written with `:` or `-` in any case; None when it is not one.
+pub fn normalize_mac(s: &str) -> Option<String> {
+    let groups: Vec<&str> = s.split([':', '-']).collect();
+    let ok = groups.len() == 6
+        && groups
+            .iter()
+            .all(|g| g.len() == 2 && g.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then(|| groups.join(":").to_ascii_lowercase())
+}
+
+/// A Linux interface name h2k-guest will write: 1 to 15 characters of `[A-Za-z0-9_.-]`, not
+/// `.`/`..`, not starting with `-`.
+pub fn valid_interface_name(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Add `--nic` flags to the NICs the manifest gave: a flag for a MAC the manifest lists sets
+/// that NIC's target; the same old MAC twice among the flags is refused.
+pub fn merge_nic_flags(nics: &mut Vec<NicPlan>, flags: &[String]) -> Result<(), String> {
+    let mut seen: Vec<String> = Vec::new();
+    for flag in flags {
+        let given = NicPlan::parse_flag(flag)?;
+        let mac = given.mac.clone().unwrap_or_default();
+        if seen.contains(&mac) {
+            return Err(format!("--nic {mac}: given twice"));
+        }
+        seen.push(mac.clone());
+        let existing = nics
+            .iter_mut()
+            .find(|n| n.mac.as_deref().and_then(normalize_mac).as_deref() == Some(mac.as_str()));
+        match existing {
+            Some(nic) => {
+                nic.target_mac = given.target_mac;
+                if given.target_name.is_some() {
+                    nic.target_name = given.target_name;
+                }
+            }
+            None => nics.push(given),
+        }
+    }
+    Ok(())
+}
+
+/// What the network step does with the interface names the guest configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkMode {
+    /// Pin each configured name to its NIC on KVM with a systemd `.link` file.
+    #[default]
+    KeepNames,
+    /// Rewrite the configuration to the new names given per NIC.
+    Rename,
+    /// Change nothing; warn about names that will not exist on KVM.
+    Leave,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::KeepNames => "keep-names",
+            NetworkMode::Rename => "rename",
+            NetworkMode::Leave => "leave",
+        }
+    }
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "keep-names" => Ok(NetworkMode::KeepNames),
+            "rename" => Ok(NetworkMode::Rename),
+            "leave" => Ok(NetworkMode::Leave),
+            other => Err(format!(
+                "unknown network mode {other:?} (expected keep-names, rename or leave)"
+            )),
+        }
+    }
+}
+
+impl FixPlan {
+    /// The network mode in force: `network_cleanup: false` means leave.
+    pub fn network_mode(&self) -> NetworkMode {
+        if self.network_cleanup {
+            self.network
+        } else {
+            NetworkMode::Leave
+        }
+    }
 }
 
 /// A whole job.
@@ -319,6 +465,74 @@ mod tests {
         assert_eq!(sanitize_job_name(""), "job");
         assert_eq!(sanitize_job_name("--rm"), "rm");
         assert_eq!(sanitize_job_name(&"x".repeat(300)).len(), 64);
+    }
+
+    #[test]
+    fn nic_flags_parse_and_normalize() {
+        let n = NicPlan::parse_flag("00:50:56:AA:BB:CC=52-54-00-01-02-03,name=enp1s0").unwrap();
+        assert_eq!(n.mac.as_deref(), Some("00:50:56:aa:bb:cc"));
+        assert_eq!(n.target_mac.as_deref(), Some("52:54:00:01:02:03"));
+        assert_eq!(n.target_name.as_deref(), Some("enp1s0"));
+        let plain = NicPlan::parse_flag("00:50:56:aa:bb:cc=00:50:56:aa:bb:cc").unwrap();
+        assert_eq!(plain.target_name, None);
+        for bad in [
+            "00:50:56:aa:bb:cc",
+            "00:50:56:aa:bb=52:54:00:01:02:03",
+            "00:50:56:aa:bb:cc=nope",
+            "00:50:56:aa:bb:cc=52:54:00:01:02:03,name=",
+            "00:50:56:aa:bb:cc=52:54:00:01:02:03,name=a/b",
+            "00:50:56:aa:bb:cc=52:54:00:01:02:03,name=averyveryverylongname",
+            "00:50:56:aa:bb:cc=52:54:00:01:02:03,mtu=9000",
+        ] {
+            assert!(NicPlan::parse_flag(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nic_flags_merge_into_manifest_nics_and_refuse_duplicates() {
+        let mut nics = vec![NicPlan {
+            mac: Some("00:50:56:AA:BB:CC".into()),
+            network: Some("VM Network".into()),
+            ..NicPlan::default()
+        }];
+        merge_nic_flags(
+            &mut nics,
+            &[
+                "00:50:56:aa:bb:cc=52:54:00:01:02:03".into(),
+                "00:50:56:aa:bb:dd=52:54:00:01:02:04,name=eth1".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(nics.len(), 2);
+        assert_eq!(nics[0].target_mac.as_deref(), Some("52:54:00:01:02:03"));
+        assert_eq!(nics[0].network.as_deref(), Some("VM Network"));
+        assert_eq!(nics[1].target_name.as_deref(), Some("eth1"));
+        let err = merge_nic_flags(
+            &mut Vec::new(),
+            &[
+                "00:50:56:aa:bb:cc=52:54:00:01:02:03".into(),
+                "00:50:56:AA:BB:CC=52:54:00:01:02:05".into(),
+            ],
+        )
+        .unwrap_err();
+        assert!(err.contains("given twice"), "{err}");
+    }
+
+    #[test]
+    fn network_modes_parse_and_no_cleanup_means_leave() {
+        for m in [
+            NetworkMode::KeepNames,
+            NetworkMode::Rename,
+            NetworkMode::Leave,
+        ] {
+            assert_eq!(m.as_str().parse::<NetworkMode>().unwrap(), m);
+        }
+        assert!("keep".parse::<NetworkMode>().is_err());
+        let mut fix = FixPlan::default();
+        assert_eq!(fix.network_mode(), NetworkMode::KeepNames);
+        fix.network = NetworkMode::Rename;
+        fix.network_cleanup = false;
+        assert_eq!(fix.network_mode(), NetworkMode::Leave);
     }
 
     #[test]

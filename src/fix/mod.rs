@@ -126,6 +126,34 @@ impl Guest<'_> {
         }))
     }
 
+    /// Write `text` to `path`, creating it (and its directory) when missing. Returns the
+    /// change, or None when the file already holds exactly `text`.
+    pub fn write_file(
+        &self,
+        step: &'static str,
+        path: &str,
+        text: &str,
+        note: &str,
+    ) -> Result<Option<FileChange>, FixError> {
+        if self.is_file(step, path)? {
+            return self.edit_file(step, path, note, |_| text.to_string());
+        }
+        let file_err = |cause| FixError::File {
+            step,
+            path: path.to_string(),
+            cause,
+        };
+        if let Some((dir, _)) = path.rsplit_once('/').filter(|(d, _)| !d.is_empty()) {
+            self.g.mkdir_p(dir).map_err(file_err)?;
+        }
+        self.g.write(path, text.as_bytes()).map_err(file_err)?;
+        Ok(Some(FileChange {
+            path: path.to_string(),
+            diff: unified_diff(path, "", text),
+            note: note.to_string(),
+        }))
+    }
+
     /// Delete a guest file, recording its old content as the diff.
     pub fn remove_file(
         &self,
@@ -197,7 +225,9 @@ pub fn skipped(name: &str, why: &str) -> FixRecord {
 }
 
 /// Run every enabled fix in order. fstab first (the initramfs and GRUB read it), then the
-/// resume device of the initramfs configuration, then the initramfs, then GRUB (grub-mkconfig lists the rebuilt initramfs), then the optional ones.
+/// resume device of the initramfs configuration, then the network (the initramfs's udev hook
+/// copies its `.link` files), then the initramfs, then GRUB (grub-mkconfig lists the rebuilt
+/// initramfs), then the optional ones.
 pub fn apply_all(
     guest: &Guest,
     plan: &crate::plan::FixPlan,
@@ -213,8 +243,18 @@ pub fn apply_all(
     let resume = resume_apply::run(guest, warnings)?;
     let resume_changed = resume.status == FixStatus::Changed;
     records.push(resume);
+    // Runs in every mode: `leave` (and --no-network-cleanup) still warns about lost names.
+    let network = network::run(guest, plan, warnings)?;
+    // The image carries copies of the udev rules and `.link` files: a changed network naming
+    // must not be undone by stale copies in the initramfs.
+    let network_changed = network.status == FixStatus::Changed;
+    records.push(network);
     if plan.initramfs {
-        records.push(initramfs::run(guest, plan.force_initramfs, warnings)?);
+        records.push(initramfs::run(
+            guest,
+            plan.force_initramfs || network_changed,
+            warnings,
+        )?);
     } else {
         if resume_changed {
             warnings.push(
@@ -228,11 +268,6 @@ pub fn apply_all(
         records.push(uefi_fallback::run(guest)?);
     } else {
         records.push(skipped("grub", "disabled"));
-    }
-    if plan.network_cleanup {
-        records.push(network::run(guest)?);
-    } else {
-        records.push(skipped("network", "disabled"));
     }
     if plan.remove_vmware_tools {
         records.push(vmware_tools::run(guest)?);

@@ -6,7 +6,10 @@ use proptest::prelude::*;
 
 use super::fstab::{rewrite_crypttab, rewrite_fstab, DeviceMap, FstabMode};
 use super::grub::{rewrite_bls_entry, rewrite_default_grub, rewrite_grub_cfg_cmdlines};
+use super::network::decide::decide;
+use super::network::inventory::{self, Format, GuestFile};
 use super::text::Rewrite;
+use crate::plan::{NetworkMode, NicPlan};
 
 const UUID: &str = "1b2c3d4e-0000-4000-8000-000000000001";
 
@@ -219,5 +222,107 @@ proptest! {
         for g in [super::initramfs_verify::Generator::Dracut, super::initramfs_verify::Generator::InitramfsTools] {
             let _ = super::initramfs_verify::verify_image(&img, "6.1", &conf, VIRTIO, g);
         }
+/// Fragments of network configuration files, mixed with arbitrary text.
+fn net_line() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("auto".to_string()),
+        Just("allow-hotplug".to_string()),
+        Just("iface".to_string()),
+        Just("inet".to_string()),
+        Just("dhcp".to_string()),
+        Just("static".to_string()),
+        Just("source".to_string()),
+        Just("source-directory".to_string()),
+        Just("bond-slaves".to_string()),
+        Just("hwaddress".to_string()),
+        Just("ens192".to_string()),
+        Just("ens192.100".to_string()),
+        Just("eth0".to_string()),
+        Just("00:50:56:9A:12:34".to_string()),
+        Just("52:54:00:12:34:56".to_string()),
+        Just("[Match]".to_string()),
+        Just("[Link]".to_string()),
+        Just("[connection]".to_string()),
+        Just("[ethernet]".to_string()),
+        Just("Name=ens192".to_string()),
+        Just("MACAddress=00:50:56:9a:12:34".to_string()),
+        Just("interface-name=ens192".to_string()),
+        Just("mac-address=00:50:56:9a:12:34".to_string()),
+        Just("DEVICE=ens192".to_string()),
+        Just("HWADDR=00:50:56:9a:12:34".to_string()),
+        Just("ATTR{address}==\"00:50:56:9a:12:34\",".to_string()),
+        Just("NAME=\"ens192\"".to_string()),
+        Just("network:".to_string()),
+        Just("  ethernets:".to_string()),
+        Just("    ens192:".to_string()),
+        Just("      dhcp4: true".to_string()),
+        Just("\\".to_string()),
+        Just("#".to_string()),
+        Just("=".to_string()),
+        Just("\"".to_string()),
+        "[ \t]{0,2}".prop_map(String::from),
+        "\\PC{0,12}".prop_map(String::from),
+    ];
+    prop::collection::vec(piece, 0..6).prop_map(|p| p.join(" "))
+}
+
+fn net_text() -> impl Strategy<Value = String> {
+    prop::collection::vec(net_line(), 0..10).prop_map(|lines| lines.join("\n"))
+}
+
+const FORMATS: &[(&str, Format)] = &[
+    ("/etc/network/interfaces", Format::Ifupdown),
+    ("/etc/netplan/01.yaml", Format::Netplan),
+    (
+        "/etc/NetworkManager/system-connections/a.nmconnection",
+        Format::NmKeyfile,
+    ),
+    ("/etc/sysconfig/network-scripts/ifcfg-ens192", Format::Ifcfg),
+    ("/etc/systemd/network/a.network", Format::NetworkdNetwork),
+    ("/etc/systemd/network/a.link", Format::NetworkdLink),
+    (
+        "/etc/udev/rules.d/70-persistent-net.rules",
+        Format::UdevRules,
+    ),
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Every parser reads any text, and every mode decides on it without panicking; a
+    /// keep-names run on its own output changes nothing more.
+    #[test]
+    fn network_parsers_and_decisions_never_panic(texts in prop::collection::vec(net_text(), 7)) {
+        let files: Vec<GuestFile> = FORMATS
+            .iter()
+            .zip(&texts)
+            .map(|((path, format), text)| GuestFile { path: path.to_string(), format: *format, text: text.clone() })
+            .collect();
+        inventory::parse_ifupdown(&texts[0]);
+        let _ = inventory::parse_netplan(&texts[1]);
+        let inv = inventory::scan(&files);
+        let nics = [NicPlan {
+            mac: Some("00:50:56:9a:12:34".into()),
+            target_mac: Some("52:54:00:12:34:56".into()),
+            target_name: Some("enp1s0".into()),
+            ..NicPlan::default()
+        }];
+        for mode in [NetworkMode::KeepNames, NetworkMode::Rename, NetworkMode::Leave] {
+            let _ = decide(&files, &inv, mode, &nics);
+        }
+        let once = decide(&files, &inv, NetworkMode::KeepNames, &[]).unwrap();
+        let mut after: Vec<GuestFile> = files
+            .iter()
+            .filter(|f| !once.removals.iter().any(|r| r.path == f.path))
+            .cloned()
+            .collect();
+        for w in &once.writes {
+            match after.iter_mut().find(|f| f.path == w.path) {
+                Some(f) => f.text = w.text.clone(),
+                None => after.push(GuestFile { path: w.path.clone(), format: Format::NetworkdLink, text: w.text.clone() }),
+            }
+        }
+        let again = decide(&after, &inventory::scan(&after), NetworkMode::KeepNames, &[]).unwrap();
+        prop_assert!(again.writes.is_empty() && again.removals.is_empty(), "{:?}", again);
     }
 }

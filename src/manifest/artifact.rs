@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::paths::*;
 use super::value::*;
 use crate::plan::{
-    ConvertPlan, Dialect, DiskPlan, DiskType, Firmware, FixPlan, NicPlan, Plan, ValidatePlan,
-    VmPlan,
+    normalize_mac, valid_interface_name, ConvertPlan, Dialect, DiskPlan, DiskType, Firmware,
+    FixPlan, NetworkMode, NicPlan, Plan, ValidatePlan, VmPlan,
 };
 
 pub(super) const ARTIFACT_TOP_KEYS: &[&str] = &[
@@ -65,7 +65,15 @@ pub(super) const ARTIFACT_FIX_KEYS: &[&str] = &[
     "force_initramfs",
     "regenerate_grub",
     "network_cleanup",
+    "network_mode",
     "trim",
+];
+pub(super) const ARTIFACT_NIC_KEYS: &[&str] =
+    &["id", "mac", "network", "target_mac", "target_name"];
+pub(super) const NETWORK_MODES: &[(&str, NetworkMode)] = &[
+    ("keep-names", NetworkMode::KeepNames),
+    ("rename", NetworkMode::Rename),
+    ("leave", NetworkMode::Leave),
 ];
 pub(super) const ARTIFACT_CONVERT_KEYS: &[&str] =
     &["enabled", "compress", "compress_level", "compression_type"];
@@ -122,21 +130,7 @@ pub(super) fn artifact_plan(
     }
     if let Some(nics) = top.array("nics")? {
         for (i, item) in nics.iter().enumerate() {
-            let nic = Obj::open(format!("nics[{i}]"), item, &["id", "mac", "network"], w)?;
-            if let Some(id) = nic.str("id")? {
-                no_control_chars(&nic.key("id"), id)?;
-            }
-            let mac = nic.str("mac")?;
-            if let Some(mac) = mac.filter(|m| !valid_mac(m)) {
-                return Err(bad(
-                    &nic.key("mac"),
-                    format!("{} is not a MAC address (XX:XX:XX:XX:XX:XX)", quote(mac)),
-                ));
-            }
-            vm.nics.push(NicPlan {
-                mac: mac.map(str::to_string),
-                network: nic.str("network")?.map(str::to_string),
-            });
+            vm.nics.push(artifact_nic(i, item, w)?);
         }
     }
     informational(&top, w)?;
@@ -160,6 +154,7 @@ pub(super) fn artifact_plan(
         if let Some(f) = p.object("fix", ARTIFACT_FIX_KEYS, w)? {
             artifact_fix(&f, &mut fix)?;
         }
+
         if let Some(c) = p.object("convert", ARTIFACT_CONVERT_KEYS, w)? {
             convert.enabled = c.bool("enabled")?.unwrap_or(true);
             c.set_bool("compress", &mut convert.compress)?;
@@ -170,6 +165,15 @@ pub(super) fn artifact_plan(
         }
         validate = validate_plan(p.object("validate", VALIDATE_KEYS, w)?)?;
     }
+    // The network step maps the VM's NICs (normalized MACs) to their KVM MAC and name.
+    fix.nics = vm
+        .nics
+        .iter()
+        .map(|n| NicPlan {
+            mac: n.mac.as_deref().and_then(normalize_mac),
+            ..n.clone()
+        })
+        .collect();
 
     let mut format = OUTPUT_FORMATS[0].1;
     let mut base = root.clone();
@@ -235,6 +239,42 @@ pub(super) fn artifact_plan(
         output_dir: root,
         trust_backing_files,
         warnings: Vec::new(),
+    })
+}
+
+/// `nics[i]`: its VMware MAC, and (h2k-guest extensions) the MAC and interface name it gets on
+/// KVM. MACs are checked; `target_mac` comes back normalized.
+pub(super) fn artifact_nic(i: usize, item: &Value, w: &mut Vec<String>) -> Res<NicPlan> {
+    let nic = Obj::open(format!("nics[{i}]"), item, ARTIFACT_NIC_KEYS, w)?;
+    if let Some(id) = nic.str("id")? {
+        no_control_chars(&nic.key("id"), id)?;
+    }
+    let mac_key = |key: &str| -> Res<Option<String>> {
+        match nic.str(key)? {
+            Some(m) if !valid_mac(m) => Err(bad(
+                &nic.key(key),
+                format!("{} is not a MAC address (XX:XX:XX:XX:XX:XX)", quote(m)),
+            )),
+            other => Ok(other.map(str::to_string)),
+        }
+    };
+    let mac = mac_key("mac")?;
+    let target_mac = mac_key("target_mac")?.as_deref().and_then(normalize_mac);
+    let target_name = nic.str("target_name")?;
+    if let Some(name) = target_name.filter(|n| !valid_interface_name(n)) {
+        return Err(bad(
+            &nic.key("target_name"),
+            format!(
+                "{} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)",
+                quote(name)
+            ),
+        ));
+    }
+    Ok(NicPlan {
+        mac,
+        network: nic.str("network")?.map(str::to_string),
+        target_mac,
+        target_name: target_name.map(str::to_string),
     })
 }
 
@@ -371,6 +411,94 @@ pub(super) fn artifact_fix(f: &Obj, fix: &mut FixPlan) -> Res<()> {
     }
     f.set_bool("regenerate_grub", &mut fix.regenerate_grub)?;
     f.set_bool("network_cleanup", &mut fix.network_cleanup)?;
+    if let Some(mode) = f.choice("network_mode", NETWORK_MODES)? {
+        fix.network = mode;
+    }
     f.set_bool("trim", &mut fix.trim)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn nic(value: Value) -> Result<NicPlan, String> {
+        artifact_nic(0, &value, &mut Vec::new()).map_err(|b| format!("{}: {}", b.key, b.message))
+    }
+
+    #[test]
+    fn nics_read_target_mac_and_name() {
+        let n = nic(
+            json!({"id": "eth0", "mac": "00:50:56:ab:cd:ef", "network": "VM Network",
+                           "target_mac": "52:54:00:AB:CD:EF", "target_name": "enp1s0"}),
+        )
+        .unwrap();
+        assert_eq!(
+            n,
+            NicPlan {
+                mac: Some("00:50:56:ab:cd:ef".into()),
+                network: Some("VM Network".into()),
+                target_mac: Some("52:54:00:ab:cd:ef".into()),
+                target_name: Some("enp1s0".into()),
+            }
+        );
+        assert_eq!(nic(json!({})).unwrap(), NicPlan::default());
+    }
+
+    #[test]
+    fn bad_nic_values_name_their_key() {
+        for (value, key) in [
+            (json!({"mac": "00:50:56"}), "nics[0].mac"),
+            (
+                json!({"target_mac": "zz:50:56:ab:cd:ef"}),
+                "nics[0].target_mac",
+            ),
+            (json!({"target_mac": 7}), "nics[0].target_mac"),
+            (json!({"target_name": "a b"}), "nics[0].target_name"),
+            (
+                json!({"target_name": "x".repeat(16)}),
+                "nics[0].target_name",
+            ),
+        ] {
+            let err = nic(value.clone()).unwrap_err();
+            assert!(err.starts_with(&format!("{key}:")), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn fix_network_mode_is_read() {
+        let value = json!({"network_mode": "rename"});
+        let f = Obj::open(
+            "pipeline.fix".into(),
+            &value,
+            ARTIFACT_FIX_KEYS,
+            &mut Vec::new(),
+        )
+        .ok()
+        .unwrap();
+        let mut fix = FixPlan::default();
+        artifact_fix(&f, &mut fix).ok().unwrap();
+        assert_eq!(fix.network, NetworkMode::Rename);
+        let value = json!({"network_mode": "keep"});
+        let f = Obj::open(
+            "pipeline.fix".into(),
+            &value,
+            ARTIFACT_FIX_KEYS,
+            &mut Vec::new(),
+        )
+        .ok()
+        .unwrap();
+        let err = artifact_fix(&f, &mut fix).err().unwrap();
+        assert_eq!(err.key, "pipeline.fix.network_mode");
+    }
+
+    #[test]
+    fn unknown_nic_keys_warn() {
+        let mut w = Vec::new();
+        artifact_nic(2, &json!({"model": "vmxnet3"}), &mut w)
+            .ok()
+            .unwrap();
+        assert_eq!(w, ["unknown key nics[2].model (ignored)"]);
+    }
 }

@@ -764,6 +764,7 @@ mod tests {
                 fstab_mode: FstabMode::BypathOnly,
                 remove_vmware_tools: true,
                 backup: true,
+                nics: plan.vm.nics.clone(),
                 ..FixPlan::default()
             }
         );
@@ -781,7 +782,8 @@ mod tests {
                 os_hint: Some("linux".into()),
                 nics: vec![NicPlan {
                     mac: Some("00:50:56:ab:cd:ef".into()),
-                    network: Some("VM Network".into())
+                    network: Some("VM Network".into()),
+                    ..NicPlan::default()
                 }],
             }
         );
