@@ -222,6 +222,9 @@ proptest! {
         for g in [super::initramfs_verify::Generator::Dracut, super::initramfs_verify::Generator::InitramfsTools] {
             let _ = super::initramfs_verify::verify_image(&img, "6.1", &conf, VIRTIO, g);
         }
+    }
+}
+
 /// Fragments of network configuration files, mixed with arbitrary text.
 fn net_line() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
