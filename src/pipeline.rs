@@ -484,14 +484,6 @@ fn load_sources(
                 files.join(", ")
             ));
         }
-        if let (Some(declared), Some(fmt)) = (&d.format, Some(&info.format)) {
-            if &load::qemu_format_name(declared) != fmt {
-                report.warnings.push(format!(
-                    "{}: manifest says {declared}, qemu-img detects {fmt}; using {fmt}",
-                    d.source
-                ));
-            }
-        }
         total_virtual += info.virtual_size;
         let overlay = workdir.join(format!("overlay{i}.qcow2"));
         load::create_overlay(&info, &overlay)?;
