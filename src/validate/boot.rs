@@ -318,6 +318,41 @@ fn timeout_hint(console: &Console, suspect: Option<&Finding>) -> String {
 
 /// A local path made absolute (the overlay's backing file name must not depend on the
 /// directory the overlay lives in); NBD URIs pass through.
+/// The firmware, why it was chosen, and OVMF's code and private variable store (UEFI only).
+pub(crate) type FirmwareChoiceMade = (Firmware, String, Option<(PathBuf, PathBuf)>);
+
+/// The firmware to boot with (asked for, or read off the partition table) and, for UEFI, OVMF
+/// with a private copy of its variable store in `tmp`.
+pub(crate) fn choose_firmware(
+    choice: FirmwareChoice,
+    bus: Bus,
+    source: &Source,
+    info: &SourceInfo,
+    tmp: &Path,
+) -> Result<FirmwareChoiceMade, ValidateError> {
+    let (firmware, reason) = match choice {
+        FirmwareChoice::Bios => (Firmware::Bios, "requested".to_string()),
+        FirmwareChoice::Uefi => (Firmware::Uefi, "requested".to_string()),
+        FirmwareChoice::Auto => firmware_for(read_partition_table(source, info, tmp)?),
+    };
+    if firmware == Firmware::Uefi && !bus.uefi_bootable() {
+        return Err(ValidateError::NoUefiDriver {
+            image: source.qemu_name(),
+            bus,
+        });
+    }
+    let ovmf = match firmware {
+        Firmware::Uefi => {
+            let (code, vars_template) = find_ovmf()?;
+            let vars = tmp.join("OVMF_VARS.fd");
+            fs::copy(&vars_template, &vars).map_err(io_err(vars_template.display()))?;
+            Some((code, vars))
+        }
+        Firmware::Bios => None,
+    };
+    Ok((firmware, reason, ovmf))
+}
+
 pub(crate) fn absolute_source(image: &str) -> Source {
     match Source::parse(image) {
         Source::File(p) => Source::File(std::path::absolute(&p).unwrap_or(p)),
@@ -338,26 +373,8 @@ pub fn boot_check(opts: &BootOptions) -> Result<BootOutcome, ValidateError> {
         .prefix("h2k-validate-")
         .tempdir()
         .map_err(io_err("cannot create a temporary directory"))?;
-    let (firmware, firmware_reason) = match opts.firmware {
-        FirmwareChoice::Bios => (Firmware::Bios, "requested".to_string()),
-        FirmwareChoice::Uefi => (Firmware::Uefi, "requested".to_string()),
-        FirmwareChoice::Auto => firmware_for(read_partition_table(&source, &info, tmp.path())?),
-    };
-    if firmware == Firmware::Uefi && !opts.bus.uefi_bootable() {
-        return Err(ValidateError::NoUefiDriver {
-            image,
-            bus: opts.bus,
-        });
-    }
-    let ovmf = match firmware {
-        Firmware::Uefi => {
-            let (code, vars_template) = find_ovmf()?;
-            let vars = tmp.path().join("OVMF_VARS.fd");
-            fs::copy(&vars_template, &vars).map_err(io_err(vars_template.display()))?;
-            Some((code, vars))
-        }
-        Firmware::Bios => None,
-    };
+    let (firmware, firmware_reason, ovmf) =
+        choose_firmware(opts.firmware, opts.bus, &source, &info, tmp.path())?;
     let overlay = tmp.path().join("overlay.qcow2");
     load::create_overlay(&info, &overlay)?;
 

@@ -269,26 +269,8 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         disks.push(s.qemu_name());
         overlays.push(overlay);
     }
-    let (firmware, firmware_reason) = match bopts.firmware {
-        FirmwareChoice::Bios => (Firmware::Bios, "requested".to_string()),
-        FirmwareChoice::Uefi => (Firmware::Uefi, "requested".to_string()),
-        FirmwareChoice::Auto => firmware_for(read_partition_table(&source, &info, tmp.path())?),
-    };
-    if firmware == Firmware::Uefi && !bopts.bus.uefi_bootable() {
-        return Err(ValidateError::NoUefiDriver {
-            image,
-            bus: bopts.bus,
-        });
-    }
-    let ovmf = match firmware {
-        Firmware::Uefi => {
-            let (code, vars_template) = find_ovmf()?;
-            let vars = tmp.path().join("OVMF_VARS.fd");
-            fs::copy(&vars_template, &vars).map_err(io_err(vars_template.display()))?;
-            Some((code, vars))
-        }
-        Firmware::Bios => None,
-    };
+    let (firmware, firmware_reason, ovmf) =
+        choose_firmware(bopts.firmware, bopts.bus, &source, &info, tmp.path())?;
     let mut cancel: Vec<Arc<AtomicBool>> = bopts.cancel.iter().cloned().collect();
     if cancel.is_empty() {
         cancel.extend(signal_flag());
