@@ -602,7 +602,15 @@ fn validate_outputs(
                 ..Default::default()
             },
             extra_disks: disks[1..].to_vec(),
-            nics: plan.vm.nics.iter().map(|n| n.mac.clone()).collect(),
+            // The NICs the VM has on KVM: the target MAC where one is given, else the kept one.
+            nics: if plan.fix.nics.is_empty() {
+                &plan.vm.nics
+            } else {
+                &plan.fix.nics
+            }
+            .iter()
+            .map(|n| n.target_mac.clone().or_else(|| n.mac.clone()))
+            .collect(),
             expect_ifaces: Vec::new(),
         };
         let outcome = crate::validate::probe_check(&probe)

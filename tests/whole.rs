@@ -1,0 +1,235 @@
+//! Does the migrated server come up whole? Each guest is built like a VMware template
+//! (`scripts/make-fixture.sh`, `scripts/make-variant.sh`), then:
+//! - control: the unfixed guest on its VMware-like hardware (pvscsi or SATA, vmxnet3 behind PCIe
+//!   slot 192, the VMware MAC) passes `validate --boot --probe`: network on the name its config uses,
+//!   every fstab entry mounted, swap on, no failed unit;
+//! - after `h2k-guest fix` the output passes the same probe on virtio (virtio-blk, virtio-net);
+//! - where the fix has a switch, the guest fixed without it fails the probe (the control that shows
+//!   the repair is what makes it whole).
+//!
+//! One boot at a time (`vm_lock`); each boot is 1–2 minutes under TCG.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use common::{fixture, h2k, read_json, sha256_file, vm_lock, Run};
+
+/// `validate --boot --probe --json` on `disks` (boot disk first).
+fn probe(disks: &[&Path], bus: &str, macs: &[&str], expect: &[&str]) -> (Run, serde_json::Value) {
+    let mut args: Vec<String> = vec![
+        "validate".into(),
+        "--boot".into(),
+        "--probe".into(),
+        "--json".into(),
+        "--bus".into(),
+        bus.into(),
+        "--timeout".into(),
+        "420".into(),
+    ];
+    for d in &disks[1..] {
+        args.push("--disk".into());
+        args.push(d.display().to_string());
+    }
+    for m in macs {
+        args.push("--mac".into());
+        args.push(m.to_string());
+    }
+    for e in expect {
+        args.push("--expect-iface".into());
+        args.push(e.to_string());
+    }
+    args.push(disks[0].display().to_string());
+    let start = Instant::now();
+    let run = h2k(&args);
+    let json: serde_json::Value = serde_json::from_str(run.stdout().trim()).unwrap_or_default();
+    eprintln!(
+        "TIMING probe {} on {bus}: {:.0} s, exit {:?}, multi-user after {} s",
+        disks[0].file_name().unwrap().to_string_lossy(),
+        start.elapsed().as_secs_f64(),
+        run.code(),
+        json.pointer("/probe/guest/multi_user_seconds")
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "?".into())
+    );
+    (run, json)
+}
+
+fn assert_whole(what: &str, run: &Run, json: &serde_json::Value) {
+    assert!(
+        run.success() && json["probe"]["whole"] == true,
+        "{what}: not whole\n{}\n{}",
+        run.describe(),
+        serde_json::to_string_pretty(json).unwrap_or_default()
+    );
+}
+
+fn assert_not_whole(what: &str, run: &Run, json: &serde_json::Value, because: &str) {
+    assert!(
+        !run.success(),
+        "{what}: expected to fail the probe\n{}",
+        run.describe()
+    );
+    let line = common::one_error_line(&run.stderr());
+    assert!(
+        line.contains(because),
+        "{what}: the error should say {because:?}: {line}\n{}",
+        serde_json::to_string_pretty(json).unwrap_or_default()
+    );
+}
+
+/// The probe's record of interface `name`, if the guest had one.
+fn interface<'a>(json: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    json.pointer("/probe/guest/interfaces")?
+        .as_array()?
+        .iter()
+        .find(|i| i["name"] == name)
+}
+
+fn has_ipv4(iface: &serde_json::Value, addr: &str) -> bool {
+    iface["ipv4"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a.as_str().is_some_and(|s| s.starts_with(addr)))
+}
+
+fn variant(name: &str) -> PathBuf {
+    common::variant(name)
+}
+
+fn fix(source: &Path, out_dir: &Path, extra: &[&str]) -> (PathBuf, serde_json::Value) {
+    let out = out_dir.join("fixed.qcow2");
+    let mut args: Vec<String> = vec!["fix".into(), source.display().to_string(), "-o".into()];
+    args.push(out.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let run = h2k(&args);
+    assert!(run.success(), "fix failed:\n{}", run.describe());
+    let report = read_json(&out_dir.join("fixed.qcow2.report.json"));
+    (out, report)
+}
+
+const BIOS_MAC: &str = "00:50:56:8a:1b:01";
+const UEFI_MAC: &str = "00:50:56:8a:1b:02";
+const STATIC_MAC: &str = "00:50:56:8a:1b:11";
+
+#[test]
+fn dhcp_guest_pinned_to_its_vmware_mac_keeps_ens192_on_virtio_with_a_new_mac() {
+    let _vm = vm_lock();
+    let src = fixture("debian12-bios");
+    let sha = sha256_file(&src);
+    let expect = ["ens192=10.0.2.15/24"];
+    let (run, json) = probe(&[&src], "pvscsi", &[BIOS_MAC], &expect);
+    assert_whole("control: unfixed on pvscsi", &run, &json);
+
+    // The KVM VM gets a MAC of its own: the udev pin on the VMware MAC can no longer name it.
+    let new_mac = "52:54:00:4b:00:02";
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = format!("{BIOS_MAC}={new_mac}");
+    let (out, report) = fix(&src, dir.path(), &["--nic", &mapping]);
+    let (run, json) = probe(&[&out], "virtio", &[new_mac], &expect);
+    assert_whole("fixed on virtio", &run, &json);
+    assert!(has_ipv4(interface(&json, "ens192").unwrap(), "10.0.2.15"));
+    let net = report["fixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "network")
+        .unwrap();
+    assert!(
+        net.to_string().contains("ens192") && net.to_string().contains(new_mac),
+        "the report must give the old name and the new MAC: {net}"
+    );
+    assert_eq!(sha256_file(&src), sha, "the source changed");
+}
+
+#[test]
+fn static_guest_named_by_its_vmware_slot_keeps_its_address_on_virtio() {
+    let _vm = vm_lock();
+    let src = variant("debian12-bios-static-nopin");
+    let expect = ["ens192=10.0.2.15/24"];
+    let (run, json) = probe(&[&src], "pvscsi", &[STATIC_MAC], &expect);
+    assert_whole("control: unfixed on pvscsi (NIC in slot 192)", &run, &json);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = fix(&src, dir.path(), &[]);
+    // A new MAC on KVM: nothing in the guest records the old one.
+    let (run, json) = probe(&[&out], "virtio", &["52:54:00:4b:00:01"], &expect);
+    assert_whole("fixed on virtio with a new MAC", &run, &json);
+
+    // Control for the repair: the same guest fixed with --network leave boots (its disks are
+    // fixed) but has no ens192 on virtio.
+    let dir2 = tempfile::tempdir().unwrap();
+    let (left, _) = fix(&src, dir2.path(), &["--network", "leave"]);
+    let (run, json) = probe(&[&left], "virtio", &["52:54:00:4b:00:01"], &expect);
+    assert!(
+        json["booted"] == true,
+        "the --network leave guest must still boot: {json}"
+    );
+    assert_not_whole("fixed with --network leave", &run, &json, "ens192");
+}
+
+#[test]
+fn two_disk_guest_mounts_its_data_disk_and_resumes_from_a_stable_device() {
+    let _vm = vm_lock();
+    let boot = variant("debian12-bios-twodisk");
+    let data = boot.with_file_name("debian12-bios-twodisk-data.vmdk");
+    let (run, json) = probe(&[&boot, &data], "pvscsi", &[BIOS_MAC], &[]);
+    assert_whole("control: unfixed on pvscsi", &run, &json);
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("vm.json");
+    std::fs::write(
+        &manifest,
+        serde_json::json!({
+            "version": 1,
+            "vm": {"name": "twodisk"},
+            "disks": [
+                {"id": "boot", "source_format": "vmdk", "local_path": boot, "disk_type": "boot",
+                 "output_path": "twodisk-boot.qcow2"},
+                {"id": "data", "source_format": "vmdk", "local_path": data, "disk_type": "data",
+                 "output_path": "twodisk-data.qcow2"}
+            ],
+            "nics": [{"id": "nic0", "mac": BIOS_MAC}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let run = h2k([
+        "fix".as_ref(),
+        "--manifest".as_ref(),
+        manifest.as_os_str(),
+        "--output-dir".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    assert!(run.success(), "fix failed:\n{}", run.describe());
+    let out_boot = dir.path().join("twodisk-boot.qcow2");
+    let out_data = dir.path().join("twodisk-data.qcow2");
+    let (run, json) = probe(&[&out_boot, &out_data], "virtio", &[BIOS_MAC], &[]);
+    assert_whole("fixed on virtio", &run, &json);
+    let console = json["console_log"].as_str().map(std::fs::read_to_string);
+    if let Some(Ok(text)) = console {
+        assert!(
+            !text.contains("Gave up waiting for suspend/resume device"),
+            "resume stall on the fixed guest"
+        );
+    }
+}
+
+#[test]
+fn dracut_guest_whose_template_omits_virtio_boots_whole_on_virtio() {
+    let _vm = vm_lock();
+    let src = variant("debian12-uefi-dracut-omit");
+    let (run, json) = probe(&[&src], "sata", &[UEFI_MAC], &[]);
+    assert_whole("control: unfixed on SATA", &run, &json);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = fix(&src, dir.path(), &[]);
+    assert!(
+        report.to_string().contains("90-vmware-template.conf"),
+        "the report must name the drop-in it changed"
+    );
+    let (run, json) = probe(&[&out], "virtio", &[UEFI_MAC], &[]);
+    assert_whole("fixed on virtio", &run, &json);
+}
