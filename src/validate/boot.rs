@@ -353,6 +353,38 @@ pub(crate) fn choose_firmware(
     Ok((firmware, reason, ovmf))
 }
 
+/// The QEMU guest for a boot check of `disks` (overlays, boot disk first) and the reason for
+/// its accelerator.
+pub(crate) fn guest_spec(
+    opts: &BootOptions,
+    firmware: Firmware,
+    ovmf: Option<(PathBuf, PathBuf)>,
+    disks: Vec<PathBuf>,
+    nics: Vec<Option<String>>,
+    tmp: &Path,
+) -> (GuestSpec, String) {
+    let resolved = opts.accel.resolve();
+    let serial_log = opts
+        .console_log
+        .clone()
+        .unwrap_or_else(|| tmp.join("console.log"));
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let spec = GuestSpec {
+        accel: resolved.accel,
+        cpus: cores.clamp(1, 4),
+        memory_mib: opts.memory_mib.max(256),
+        firmware,
+        ovmf,
+        bus: opts.bus,
+        disks,
+        nics,
+        serial_log,
+    };
+    (spec, resolved.reason)
+}
+
 pub(crate) fn absolute_source(image: &str) -> Source {
     match Source::parse(image) {
         Source::File(p) => Source::File(std::path::absolute(&p).unwrap_or(p)),
@@ -382,26 +414,8 @@ pub fn boot_check(opts: &BootOptions) -> Result<BootOutcome, ValidateError> {
     if cancel.is_empty() {
         cancel.extend(signal_flag());
     }
-    let resolved = opts.accel.resolve();
-    let serial_log = opts
-        .console_log
-        .clone()
-        .unwrap_or_else(|| tmp.path().join("console.log"));
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mut spec = GuestSpec {
-        accel: resolved.accel,
-        cpus: cores.clamp(1, 4),
-        memory_mib: opts.memory_mib.max(256),
-        firmware,
-        ovmf,
-        bus: opts.bus,
-        disks: vec![overlay],
-        nics: Vec::new(),
-        serial_log,
-    };
-    let mut accel_reason = resolved.reason;
+    let (mut spec, mut accel_reason) =
+        guest_spec(opts, firmware, ovmf, vec![overlay], Vec::new(), tmp.path());
     log::info!(
         "{image}: booting on bus {} ({}: {firmware_reason}; {}: {accel_reason}); waiting up to \
          {} s for a login prompt",

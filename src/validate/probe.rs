@@ -311,26 +311,14 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         return Err(ValidateError::Interrupted { image });
     }
 
-    let resolved = bopts.accel.resolve();
-    let serial_log = bopts
-        .console_log
-        .clone()
-        .unwrap_or_else(|| tmp.path().join("console.log"));
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mut spec = GuestSpec {
-        accel: resolved.accel,
-        cpus: cores.clamp(1, 4),
-        memory_mib: bopts.memory_mib.max(256),
+    let (mut spec, mut accel_reason) = guest_spec(
+        bopts,
         firmware,
         ovmf,
-        bus: bopts.bus,
-        disks: overlays,
-        nics: opts.nics.clone(),
-        serial_log,
-    };
-    let mut accel_reason = resolved.reason;
+        overlays,
+        opts.nics.clone(),
+        tmp.path(),
+    );
     log::info!(
         "{image}: booting {disk_count} disk(s) with {} NIC(s) on bus {} ({}: {firmware_reason}; \
          {}: {accel_reason}); waiting up to {} s for the probe",
