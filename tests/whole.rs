@@ -18,6 +18,17 @@ use common::{fixture, h2k, read_json, sha256_file, vm_lock, Run};
 
 /// `validate --boot --probe --json` on `disks` (boot disk first).
 fn probe(disks: &[&Path], bus: &str, macs: &[&str], expect: &[&str]) -> (Run, serde_json::Value) {
+    probe_logged(disks, bus, macs, expect, None)
+}
+
+/// [`probe`], keeping the serial console in `console`.
+fn probe_logged(
+    disks: &[&Path],
+    bus: &str,
+    macs: &[&str],
+    expect: &[&str],
+    console: Option<&Path>,
+) -> (Run, serde_json::Value) {
     let mut args: Vec<String> = vec![
         "validate".into(),
         "--boot".into(),
@@ -39,6 +50,10 @@ fn probe(disks: &[&Path], bus: &str, macs: &[&str], expect: &[&str]) -> (Run, se
     for e in expect {
         args.push("--expect-iface".into());
         args.push(e.to_string());
+    }
+    if let Some(c) = console {
+        args.push("--console-log".into());
+        args.push(c.display().to_string());
     }
     args.push(disks[0].display().to_string());
     let start = Instant::now();
@@ -180,18 +195,30 @@ fn two_disk_guest_mounts_its_data_disk_and_resumes_from_a_stable_device() {
 
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("vm.json");
+    let size = |p: &Path| -> u64 {
+        let out = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json", "-f", "vmdk"])
+            .arg(p)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        info["virtual-size"].as_u64().unwrap()
+    };
     std::fs::write(
         &manifest,
         serde_json::json!({
-            "version": 1,
-            "vm": {"name": "twodisk"},
+            "manifest_version": "1.0",
+            "source": {"vm_name": "twodisk"},
+            "vm": {"firmware": "bios"},
             "disks": [
-                {"id": "boot", "source_format": "vmdk", "local_path": boot, "disk_type": "boot",
-                 "output_path": "twodisk-boot.qcow2"},
-                {"id": "data", "source_format": "vmdk", "local_path": data, "disk_type": "data",
-                 "output_path": "twodisk-data.qcow2"}
+                {"id": "twodisk-boot", "source_format": "vmdk", "local_path": boot,
+                 "bytes": size(&boot), "disk_type": "boot", "boot_order_hint": 0},
+                {"id": "twodisk-data", "source_format": "vmdk", "local_path": data,
+                 "bytes": size(&data), "disk_type": "data", "boot_order_hint": 1}
             ],
-            "nics": [{"id": "nic0", "mac": BIOS_MAC}]
+            "nics": [{"id": "nic0", "mac": BIOS_MAC}],
+            "pipeline": {},
+            "output": {"format": "qcow2"}
         })
         .to_string(),
     )
@@ -206,15 +233,37 @@ fn two_disk_guest_mounts_its_data_disk_and_resumes_from_a_stable_device() {
     assert!(run.success(), "fix failed:\n{}", run.describe());
     let out_boot = dir.path().join("twodisk-boot.qcow2");
     let out_data = dir.path().join("twodisk-data.qcow2");
-    let (run, json) = probe(&[&out_boot, &out_data], "virtio", &[BIOS_MAC], &[]);
+    let report = read_json(&dir.path().join("twodisk-boot.qcow2.report.json"));
+    let resume = report["fixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "resume")
+        .unwrap();
+    assert_eq!(resume["status"], "changed", "{resume}");
+    assert!(
+        resume
+            .to_string()
+            .contains("19014cfc-0831-407b-998d-dea12574d873")
+            || resume.to_string().contains("UUID="),
+        "the resume device must become the swap's UUID: {resume}"
+    );
+    let console = dir.path().join("console-virtio.log");
+    let (run, json) = probe_logged(
+        &[&out_boot, &out_data],
+        "virtio",
+        &[BIOS_MAC],
+        &[],
+        Some(&console),
+    );
     assert_whole("fixed on virtio", &run, &json);
-    let console = json["console_log"].as_str().map(std::fs::read_to_string);
-    if let Some(Ok(text)) = console {
-        assert!(
-            !text.contains("Gave up waiting for suspend/resume device"),
-            "resume stall on the fixed guest"
-        );
-    }
+    let mounts = json.pointer("/probe/guest/mounts").unwrap().to_string();
+    assert!(mounts.contains("/srv"), "{mounts}");
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert!(
+        !text.contains("Gave up waiting for suspend/resume device"),
+        "resume stall on the fixed guest"
+    );
 }
 
 #[test]
