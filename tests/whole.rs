@@ -190,8 +190,26 @@ fn two_disk_guest_mounts_its_data_disk_and_resumes_from_a_stable_device() {
     let _vm = vm_lock();
     let boot = variant("debian12-bios-twodisk");
     let data = boot.with_file_name("debian12-bios-twodisk-data.vmdk");
-    let (run, json) = probe(&[&boot, &data], "pvscsi", &[BIOS_MAC], &[]);
-    assert_whole("control: unfixed on pvscsi", &run, &json);
+    // Linux names SCSI disks in the order their probes finish, which is asynchronous: on two
+    // disks the unfixed guest's `root=/dev/sda1` and `/dev/sdb1 /srv` are right only when the
+    // boot disk wins (seen here: target 1 became sda, "Target filesystem doesn't have requested
+    // /sbin/init"). That luck is the defect the fix removes; the control needs one lucky boot
+    // in three, the fixed guest must be whole every time.
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let (run, json) = probe(&[&boot, &data], "pvscsi", &[BIOS_MAC], &[]);
+        if run.success() && json["probe"]["whole"] == true {
+            attempts.push("whole".to_string());
+            break;
+        }
+        attempts.push(common::one_error_line(&run.stderr()));
+    }
+    assert_eq!(
+        attempts.last().map(String::as_str),
+        Some("whole"),
+        "control: unfixed on pvscsi never came up whole: {attempts:?}"
+    );
+    eprintln!("control boots needed: {}", attempts.len());
 
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("vm.json");
