@@ -541,6 +541,16 @@ fn describe_plan(plan: &Plan) -> String {
         plan.fix.initramfs,
         plan.fix.remove_vmware_tools
     );
+    o += &format!("  network: {}", plan.fix.network.as_str());
+    for n in &plan.fix.nics {
+        let old = n.mac.as_deref().unwrap_or("?");
+        let new = n.target_mac.as_deref().unwrap_or(old);
+        o += &format!(", NIC {old} → {new}");
+        if let Some(name) = &n.target_name {
+            o += &format!(" as {name}");
+        }
+    }
+    o += "\n";
     o += &format!(
         "  convert: {} to {} (compress {})\n",
         plan.convert.enabled,
