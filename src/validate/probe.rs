@@ -375,7 +375,13 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         }
         Ended::Interrupted => return Err(ValidateError::Interrupted { image }),
     }
-    let (whole, problems) = judge(guest.as_ref(), &opts.expect_ifaces);
+    let (mut whole, mut problems) = judge(guest.as_ref(), &opts.expect_ifaces);
+    if guest.is_some() {
+        let console = fs::read(&spec.serial_log).unwrap_or_default();
+        let stalls = boot_stalls(&String::from_utf8_lossy(&console));
+        whole &= stalls.is_empty();
+        problems.extend(stalls);
+    }
     if !whole && boot.console_log.is_none() {
         boot.console_log = keep_console_log(&spec.serial_log, &image, bopts.bus);
     }

@@ -12,7 +12,7 @@ pub const PROBE_PREFIX: &str = "H2K-PROBE ";
 const MAX_PROBE_LINE: usize = 1024 * 1024;
 
 /// What counts as "whole", in the order the problems are listed (also in `--help`).
-pub const WHOLE_MEANS: [&str; 7] = [
+pub const WHOLE_MEANS: [&str; 8] = [
     "multi-user.target reached",
     "every --expect-iface interface present and up, with its address when one is given",
     "at least one non-loopback interface up with an IPv4 address, and a default route",
@@ -20,7 +20,36 @@ pub const WHOLE_MEANS: [&str; 7] = [
     "every /etc/fstab swap (not noauto) active",
     "no failed unit",
     "`systemctl is-system-running` says running",
+    "no boot stall on the serial console (the initramfs giving up on a resume or root device, a systemd job timing out on a device)",
 ];
+
+/// Console lines that mean the boot waited for something that never came: the guest still
+/// comes up, tens of seconds late, which "reaches multi-user" alone does not show.
+const STALL_MARKERS: [&str; 4] = [
+    "Gave up waiting for suspend/resume device",
+    "Gave up waiting for root file system device",
+    "Timed out waiting for device",
+    "Dependency failed for",
+];
+
+/// The stalls the serial console shows, one entry each (the console line, trimmed).
+pub fn boot_stalls(console: &str) -> Vec<String> {
+    let mut stalls: Vec<String> = Vec::new();
+    for line in console.lines() {
+        let line = line.trim_matches(|c: char| c.is_whitespace() || c.is_control());
+        if let Some(m) = STALL_MARKERS.iter().find(|m| line.contains(**m)) {
+            let at = line.find(m).unwrap_or(0);
+            let text = format!(
+                "boot stall: {}",
+                line[at..].chars().take(120).collect::<String>()
+            );
+            if !stalls.contains(&text) {
+                stalls.push(text);
+            }
+        }
+    }
+    stalls
+}
 
 /// The guest's own account of how it came up, as the probe script prints it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -391,6 +420,22 @@ pub fn whole_problems(r: &GuestReport, expect: &[ExpectIface]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_stalls_are_found_once_each_and_ordinary_consoles_have_none() {
+        let console = "Begin: Running /scripts/local-premount ... Gave up waiting for suspend/resume device\r\n\
+            [  OK  ] Reached target multi-user.target\n\
+            [ TIME ] Timed out waiting for device dev-sdb1.device - /dev/sdb1.\n\
+            [DEPEND] Dependency failed for srv.mount - /srv.\n\
+            Gave up waiting for suspend/resume device\n";
+        let s = boot_stalls(console);
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert!(s[0].contains("resume device"));
+        assert!(s[1].contains("dev-sdb1.device"));
+        assert!(s[2].contains("srv.mount"));
+        assert!(boot_stalls("[  OK  ] Started ssh.service\nh2k login: \n").is_empty());
+        assert!(boot_stalls("").is_empty());
+    }
 
     const REPORT: &str = r#"{"probe_version":1,"multi_user":true,"multi_user_seconds":21.5,"uptime_seconds":23.1,"system_state":"running","waited_seconds":0,"network_waited_seconds":0,"failed_units":[],"mounts":[{"spec":"UUID=0b7f","mountpoint":"/","fstype":"ext4","options":"errors=remount-ro","mounted":true},{"spec":"/dev/sdb1","mountpoint":"/srv","fstype":"ext4","options":"defaults","mounted":true}],"swaps":[{"spec":"UUID=77aa","device":"/dev/vda5","active":true}],"active_swaps":["/dev/vda5"],"interfaces":[{"name":"lo","mac":"00:00:00:00:00:00","operstate":"unknown","admin_up":true,"driver":"","ipv4":["127.0.0.1/8"],"ipv6":["::1/128"]},{"name":"ens192","mac":"52:54:00:12:34:56","operstate":"up","admin_up":true,"driver":"virtio_net","ipv4":["10.0.2.15/24"],"ipv6":["fec0::5054:ff:fe12:3456/64"]}],"default_route":{"via":"10.0.2.2","dev":"ens192"},"default_route6":null,"cmdline":"BOOT_IMAGE=/vmlinuz root=UUID=0b7f ro console=ttyS0,115200n8 quote=\"a\\b\"","hostname":"h2k-bios","missing_tools":[]}"#;
 
