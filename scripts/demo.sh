@@ -4,7 +4,8 @@
 #   2. build a VMware-style Debian 12 BIOS guest (cached; scripts/make-fixture.sh),
 #   3. show that it does NOT boot on virtio as exported (the control),
 #   4. `h2k-guest fix --manifest` it into a qcow2,
-#   5. boot the result on virtio-blk until the login prompt.
+#   5. boot the result on virtio (disk and NIC) and probe that it came up whole: every mount and
+#      swap, no failed unit, no stall, its network on ens192 with the address DHCP gives.
 # Work files go to ${H2K_DEMO_DIR:-/tmp/h2k-demo}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,8 @@ fi
 echo "== h2k-guest fix --manifest $work/manifest.json"
 "$bin" fix --manifest "$work/manifest.json"
 
-echo "== the converted guest on virtio-blk"
-"$bin" validate --boot "$work/debian12-bios-kvm.qcow2" --bus virtio --timeout 300 --console-log "$work/console.log"
+echo "== the converted guest on virtio, probed whole (a new MAC: the guest's udev pin cannot name it)"
+"$bin" validate --boot --probe "$work/debian12-bios-kvm.qcow2" --bus virtio --timeout 300 \
+    --mac 52:54:00:4b:00:10 --expect-iface ens192=10.0.2.15/24 --console-log "$work/console.log"
 echo "== last lines of its serial console ($work/console.log):"
 tail -n 5 "$work/console.log"
