@@ -385,6 +385,37 @@ pub(crate) fn guest_spec(
     (spec, resolved.reason)
 }
 
+/// What a boot check reports before its ending is read: what was booted and how, the console's
+/// last stage and lines, and the login prompt a probe run went past (takes them from `run`).
+pub(crate) fn outcome_before_ending(
+    run: &mut Run,
+    image: &str,
+    info: &SourceInfo,
+    opts: &BootOptions,
+    spec: &GuestSpec,
+    firmware_reason: String,
+    accel_reason: String,
+) -> BootOutcome {
+    let login = run.login.take();
+    BootOutcome {
+        image: image.to_string(),
+        format: info.format.clone(),
+        bus: opts.bus,
+        firmware: spec.firmware,
+        firmware_reason,
+        accel: spec.accel,
+        accel_reason,
+        booted: false,
+        stage: run.stage,
+        seconds_to_login: login.as_ref().map(|(_, s)| *s),
+        login_prompt: login.map(|(p, _)| p),
+        failure: None,
+        seconds: 0.0,
+        console_log: opts.console_log.clone(),
+        last_console_lines: std::mem::take(&mut run.last_lines),
+    }
+}
+
 pub(crate) fn absolute_source(image: &str) -> Source {
     match Source::parse(image) {
         Source::File(p) => Source::File(std::path::absolute(&p).unwrap_or(p)),
@@ -425,7 +456,7 @@ pub fn boot_check(opts: &BootOptions) -> Result<BootOutcome, ValidateError> {
         opts.timeout.as_secs()
     );
     let stderr_path = tmp.path().join("qemu.stderr");
-    let run = run_with_fallback(
+    let mut run = run_with_fallback(
         &mut spec,
         &mut accel_reason,
         opts,
@@ -435,23 +466,15 @@ pub fn boot_check(opts: &BootOptions) -> Result<BootOutcome, ValidateError> {
         Goal::Login,
     )?;
 
-    let mut outcome = BootOutcome {
-        image: image.clone(),
-        format: info.format.clone(),
-        bus: opts.bus,
-        firmware,
+    let mut outcome = outcome_before_ending(
+        &mut run,
+        &image,
+        &info,
+        opts,
+        &spec,
         firmware_reason,
-        accel: spec.accel,
         accel_reason,
-        booted: false,
-        stage: run.stage,
-        seconds_to_login: None,
-        login_prompt: None,
-        failure: None,
-        seconds: 0.0,
-        console_log: opts.console_log.clone(),
-        last_console_lines: run.last_lines,
-    };
+    );
     match run.ended {
         Ended::Login { prompt, seconds } => {
             outcome.booted = true;

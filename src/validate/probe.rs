@@ -329,7 +329,7 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         bopts.timeout.as_secs()
     );
     let stderr_path = tmp.path().join("qemu.stderr");
-    let run = run_with_fallback(
+    let mut run = run_with_fallback(
         &mut spec,
         &mut accel_reason,
         bopts,
@@ -339,23 +339,15 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         Goal::Probe,
     )?;
 
-    let mut boot = BootOutcome {
-        image: image.clone(),
-        format: info.format.clone(),
-        bus: bopts.bus,
-        firmware,
+    let mut boot = outcome_before_ending(
+        &mut run,
+        &image,
+        &info,
+        bopts,
+        &spec,
         firmware_reason,
-        accel: spec.accel,
         accel_reason,
-        booted: false,
-        stage: run.stage,
-        seconds_to_login: run.login.as_ref().map(|(_, s)| *s),
-        login_prompt: run.login.map(|(p, _)| p),
-        failure: None,
-        seconds: 0.0,
-        console_log: bopts.console_log.clone(),
-        last_console_lines: run.last_lines,
-    };
+    );
     let mut guest = None;
     let mut seconds_to_probe = None;
     match run.ended {
