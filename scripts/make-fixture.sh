@@ -44,15 +44,10 @@ BASE_FORMAT=1   # bump to invalidate cached base trees when the way they are mad
 # stdout carries only the result paths: everything else goes to stderr.
 exec 3>&1 1>&2
 
-# Progress lines carry the seconds since the current build started.
-log() {
-    if [ -n "${BUILD_START:-}" ]; then
-        printf 'make-fixture: [+%ss] %s\n' "$(($(date +%s) - BUILD_START))" "$*" >&2
-    else
-        printf 'make-fixture: %s\n' "$*" >&2
-    fi
-}
-die() { log "error: $*"; exit 1; }
+LOG_NAME=make-fixture
+CACHE_KIND=fixtures
+# shellcheck source=fixtures/lib.sh
+. "$FIXTURES_SRC/lib.sh"
 
 usage() {
     cat >&2 <<EOF
@@ -80,167 +75,11 @@ builder_key() {
     } | sha256sum | cut -c1-16
 }
 
-# The cached debootstrap tree depends only on what debootstrap is asked for.
-base_key() {
-    printf '%s|%s|minbase|%s|%s\n' "$SUITE" "$MIRROR" "$BASE_INCLUDE" "$BASE_FORMAT" |
-        sha256sum | cut -c1-16
-}
-
-fixture_is_complete() { # DIR NAME
-    [ -f "$1/$2.json" ] && [ -f "$1/$2.vmdk" ]
-}
-
-# ---------------------------------------------------------------------------------------------
-# Cleanup: chroot mounts must be gone before the work directory is removed, or rm -rf would
-# descend into the host's /dev, /proc and /sys.
-# ---------------------------------------------------------------------------------------------
-
-WORK=""
-CHROOT_MOUNTS=()   # mount points in mount order; unmounted in reverse
-
-mounts_under() { # DIR: mount points at or below DIR, deepest first
-    awk -v d="$1" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts | sort -r
-}
-
-chroot_umount_all() {
-    local i m
-    for ((i = ${#CHROOT_MOUNTS[@]} - 1; i >= 0; i--)); do
-        m=${CHROOT_MOUNTS[i]}
-        if mountpoint -q "$m"; then
-            umount -R "$m" 2>/dev/null || umount -R -l "$m" || log "warning: could not unmount $m"
-        fi
-    done
-    CHROOT_MOUNTS=()
-}
-
-cleanup() {
-    local rc=$? m
-    chroot_umount_all
-    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-        # Whatever else is mounted below the work dir (debootstrap leaves /proc and /sys mounted
-        # in its target when it fails half-way).
-        for m in $(mounts_under "$WORK"); do
-            umount -R "$m" 2>/dev/null || umount -R -l "$m" 2>/dev/null || true
-        done
-        if [ -n "$(mounts_under "$WORK")" ]; then
-            log "warning: something is still mounted under $WORK; leaving it in place"
-        elif [ "$rc" -ne 0 ] && [ "${H2K_KEEP_WORK:-0}" = 1 ]; then
-            log "build failed; work directory kept: $WORK"
-        else
-            # A killed build's chroot processes may still be writing for a moment; a directory
-            # left behind anyway is swept by the next build (sweep_stale_work).
-            rm -rf "$WORK" 2>/dev/null || { sleep 2; rm -rf "$WORK"; } ||
-                log "warning: could not remove $WORK"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------------------------------------
-# Root file system in a directory: debootstrap (cached), then packages installed in a chroot
-# ---------------------------------------------------------------------------------------------
-
-chroot_mount() { # ROOT [APT_ARCHIVE_DIR]
-    local r=$1
-    # Each mount point is recorded right after its mount succeeds (a failed mount stops the
-    # script through set -e, and the cleanup trap unmounts what was recorded).
-    mount -t proc proc "$r/proc"
-    CHROOT_MOUNTS+=("$r/proc")
-    mount -t sysfs sysfs "$r/sys"
-    CHROOT_MOUNTS+=("$r/sys")
-    # rbind brings /dev/pts and /dev/shm along; rslave keeps umounts from propagating back.
-    mount --rbind /dev "$r/dev"
-    CHROOT_MOUNTS+=("$r/dev")
-    mount --make-rslave "$r/dev"
-    if [ -n "${2:-}" ]; then
-        # Downloaded .debs are shared between builds (apt checks their hashes).
-        mkdir -p "$2/partial" "$r/var/cache/apt/archives"
-        mount --bind "$2" "$r/var/cache/apt/archives"
-        CHROOT_MOUNTS+=("$r/var/cache/apt/archives")
-    fi
-}
-
-in_chroot() { # ROOT CMD...
-    local r=$1
-    shift
-    chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
-        DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true ${CHROOT_ENV:-} "$@"
-}
-
-apt_install() { # ROOT PACKAGE...
-    local r=$1
-    shift
-    # APT::Sandbox::User=root: the bind-mounted download cache belongs to the host's root, not to
-    # the chroot's _apt user.
-    in_chroot "$r" apt-get install -y -q --no-install-recommends -o APT::Sandbox::User=root \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
-}
-
-# debootstrap minbase with BASE_INCLUDE, cached as a tar (debootstrap takes ~35 s plus downloads;
-# unpacking the tar ~5 s).
-make_base_tree() { # ROOT
-    local r=$1 dir tar
-    dir=$CACHE_ROOT/debootstrap
-    tar=$dir/$SUITE-$(base_key).tar
-    mkdir -p "$dir" "$r"
-    if [ ! -f "$tar" ]; then
-        log "debootstrap $SUITE (minbase + $BASE_INCLUDE) from $MIRROR"
-        local tmp
-        tmp=$(mktemp -d "$WORK/debootstrap.XXXX")
-        debootstrap --variant=minbase --include="$BASE_INCLUDE" "$SUITE" "$tmp" "$MIRROR" >&2
-        tar --numeric-owner --xattrs --xattrs-include='*' -C "$tmp" -cf "$tar.part.$$" .
-        mv -f "$tar.part.$$" "$tar"
-        rm -rf "$tmp"
-    fi
-    log "unpacking cached base tree $(basename "$tar")"
-    tar --numeric-owner --xattrs --xattrs-include='*' -C "$r" -xpf "$tar"
-}
-
-# Everything a guest needs before its distribution-specific packages: apt sources as an installed
-# Debian 12 has them, no service starts inside the chroot, DNS for apt.
-prepare_chroot() { # ROOT
-    local r=$1
-    cat >"$r/etc/apt/sources.list" <<EOF
-deb $MIRROR $SUITE main
-deb $MIRROR $SUITE-updates main
-deb $SECURITY_MIRROR $SUITE-security main
-EOF
-    # Services must not start inside the build chroot.
-    printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d"
-    chmod 755 "$r/usr/sbin/policy-rc.d"
-    rm -f "$r/etc/resolv.conf"
-    cp -L /etc/resolv.conf "$r/etc/resolv.conf"
-    chroot_mount "$r" "$CACHE_ROOT/apt-archives"
-    in_chroot "$r" apt-get update -q -o APT::Sandbox::User=root >&2
-}
-
-finish_chroot() { # ROOT
-    local r=$1
-    chroot_umount_all
-    rm -f "$r/usr/sbin/policy-rc.d" "$r/etc/resolv.conf"
-    rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/*.bin "$r"/tmp/* "$r"/var/tmp/*
-    # An installed system has a machine-id of its own; an empty file makes systemd create one on
-    # first boot instead of every clone sharing the build's.
-    : >"$r/etc/machine-id"
-}
-
 # Settings shared by both fixtures: the things a VMware-era Debian guest carries.
 #   $1 root, $2 hostname, $3 VMware MAC of the NIC pinned to ens192
 configure_common() {
     local r=$1 host=$2 mac=$3
-    echo "$host" >"$r/etc/hostname"
-    cat >"$r/etc/hosts" <<EOF
-127.0.0.1	localhost
-127.0.1.1	$host
-
-::1	localhost ip6-localhost ip6-loopback
-ff02::1	ip6-allnodes
-ff02::2	ip6-allrouters
-EOF
-    echo "root:h2k" | in_chroot "$r" chpasswd
+    configure_identity "$r" "$host"
     # ifupdown config for the VMware vmxnet3 NIC name
     cat >"$r/etc/network/interfaces" <<'EOF'
 # This file describes the network interfaces available on your system
@@ -267,81 +106,6 @@ EOF
 # PCI device 0x15ad:0x07b0 (vmxnet3)
 SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{address}=="$mac", ATTR{dev_id}=="0x0", ATTR{type}=="1", KERNEL=="eth*", NAME="ens192"
 EOF
-    # A login prompt on the serial console, whatever the kernel command line says.
-    mkdir -p "$r/etc/systemd/system/getty.target.wants"
-    ln -sf /lib/systemd/system/serial-getty@.service \
-        "$r/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service"
-}
-
-# /etc/default/grub: short menu timeout, GRUB and the kernel on the serial console too.
-write_default_grub() { # ROOT EXTRA_LINES
-    cat >"$1/etc/default/grub" <<EOF
-# If you change this file, run 'update-grub' afterwards to update
-# /boot/grub/grub.cfg.
-GRUB_DEFAULT=0
-GRUB_TIMEOUT=1
-GRUB_DISTRIBUTOR=\`lsb_release -i -s 2> /dev/null || echo Debian\`
-GRUB_CMDLINE_LINUX_DEFAULT=""
-GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"
-GRUB_TERMINAL="console serial"
-GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
-$2
-EOF
-}
-
-kernel_version() { # ROOT (or a /boot directory's parent)
-    local k=("$1"/boot/vmlinuz-*)
-    [ ${#k[@]} -eq 1 ] || die "expected one kernel in $1/boot, found ${#k[@]}"
-    basename "${k[0]}" | sed 's/^vmlinuz-//'
-}
-
-pkg_version() { # ROOT PACKAGE
-    in_chroot "$1" dpkg-query -W -f='${Version}' "$2"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Disk assembly: file-system images made on the host (mkfs.ext4 -d is ~10x faster than copying
-# files through the libguestfs appliance under TCG), dd'd into a partitioned raw file.
-# ---------------------------------------------------------------------------------------------
-
-MIB=1048576
-
-mkfs_ext4_from_dir() { # IMAGE SIZE_MIB DIR UUID
-    rm -f "$1"
-    truncate -s "$(($2 * MIB))" "$1"
-    mkfs.ext4 -q -F -U "$4" -d "$3" "$1"
-}
-
-put_image() { # DISK IMAGE START_MIB
-    dd if="$2" of="$1" bs=1M seek="$3" conv=notrunc,sparse status=none
-}
-
-# guestfish over the appliance, TCG unless H2K_ACCEL=kvm.
-run_guestfish() { # guestfish args..., script on stdin
-    local settings=${LIBGUESTFS_BACKEND_SETTINGS:-}
-    if [ "${H2K_ACCEL:-tcg}" != kvm ] && [[ $settings != *force_tcg* ]]; then
-        settings=${settings:+$settings:}force_tcg
-    fi
-    LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct} LIBGUESTFS_BACKEND_SETTINGS=$settings \
-        guestfish "$@"
-}
-
-# Raw disk → VMware monolithicSparse VMDK (what a VMware Workstation / vSphere download gives).
-to_vmdk() { # RAW VMDK [SUBFORMAT]
-    qemu-img convert -f raw -O vmdk -o "subformat=${3:-monolithicSparse}" "$1" "$2"
-}
-
-# JSON string list from arguments.
-json_strings() {
-    local first=1 s
-    printf '['
-    for s in "$@"; do
-        [ $first = 1 ] || printf ', '
-        first=0
-        s=${s//\\/\\\\}
-        printf '"%s"' "${s//\"/\\\"}"
-    done
-    printf ']'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -487,20 +251,6 @@ EOF
   "built_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 }
 EOF
-}
-
-# Fail the build when an initramfs listing lacks a wanted module or carries a virtio one.
-check_initramfs_list() { # LIST_FILE MODULE...
-    local list=$1 m
-    shift
-    for m in "$@"; do
-        # module file names mix - and _ (dm-mod.ko, vmw_pvscsi.ko): match either
-        grep -Eq "/${m//[-_]/[-_]}\.ko(\.[a-z]+)?$" "$list" || die "initramfs lacks $m.ko"
-    done
-    if grep -E '/virtio[^/]*\.ko' "$list" >&2; then
-        die "initramfs contains virtio modules (listed above)"
-    fi
-    log "initramfs check: has $*; no virtio modules"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -679,80 +429,14 @@ EOF
 }
 
 # ---------------------------------------------------------------------------------------------
-# Driver: cache lookup, lock, build into a temp dir, publish by rename
+# Driver (the cache, lock and publish steps are lib.sh's ensure_fixture)
 # ---------------------------------------------------------------------------------------------
 
-# Work directories of builds that were killed (SIGKILL, a lost machine): only ever called with the
-# build lock held, so no live build owns them. Anything still mounted there is left alone.
-sweep_stale_work() {
-    local d
-    for d in "$CACHE_ROOT"/tmp/*/; do
-        d=${d%/}
-        if [ -z "$(mounts_under "$d")" ]; then
-            log "removing the leftover work directory $d"
-            rm -rf "$d"
-        fi
-    done
-}
-
-# Fail early, naming the Debian package, when a build tool is missing (scripts/setup.sh installs
-# them all).
-require_tools() {
-    local t pkg missing=()
-    for t in debootstrap:debootstrap sfdisk:fdisk mkfs.ext4:e2fsprogs mkswap:util-linux \
-        mkfs.vfat:dosfstools qemu-img:qemu-utils guestfish:libguestfs-tools flock:util-linux; do
-        pkg=${t#*:}
-        t=${t%%:*}
-        command -v "$t" >/dev/null || missing+=("$t (package $pkg)")
-    done
-    [ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]}"
-}
-
-ensure_fixture() { # NAME
-    local name=$1 dest=$CACHE_ROOT/fixtures/$KEY
-    if fixture_is_complete "$dest" "$name"; then
-        echo "$dest/$name.vmdk" >&3
-        return
-    fi
-    [ "$(id -u)" -eq 0 ] || die "building $name needs root (debootstrap, chroot, mount)"
-    require_tools
-    mkdir -p "$CACHE_ROOT/fixtures" "$CACHE_ROOT/tmp"
-    # One build at a time per cache: a second caller waits here, then finds the fixture built.
-    exec 9>"$CACHE_ROOT/fixtures/.build.lock"
-    if ! flock -n 9; then
-        log "another build holds $CACHE_ROOT/fixtures/.build.lock; waiting"
-        flock 9
-    fi
-    if fixture_is_complete "$dest" "$name"; then
-        exec 9>&-
-        echo "$dest/$name.vmdk" >&3
-        return
-    fi
-
-    sweep_stale_work
-    BUILD_START=$(date +%s)
-    WORK=$(mktemp -d "$CACHE_ROOT/tmp/$name.XXXXXX")
-    mkdir -p "$WORK/out"
-    log "building $name (key $KEY) in $WORK"
-    case $name in
-        debian12-bios) build_debian12_bios "$WORK/out" ;;
-        debian12-uefi-dracut-lvm) build_debian12_uefi_dracut_lvm "$WORK/out" ;;
+build_one() { # NAME OUTDIR
+    case $1 in
+        debian12-bios) build_debian12_bios "$2" ;;
+        debian12-uefi-dracut-lvm) build_debian12_uefi_dracut_lvm "$2" ;;
     esac
-
-    # Publish: disk images first, the JSON (the completeness marker) last; each rename is atomic
-    # and the temp dir is on the same file system as the cache.
-    mkdir -p "$dest"
-    local f
-    for f in "$WORK/out"/*.vmdk; do mv -f "$f" "$dest/"; done
-    mv -f "$WORK/out/$name.json" "$dest/$name.json"
-    rm -rf "$WORK"
-    WORK=""
-    # Fixtures built by an older version of this builder are never used again (~1.5 GB each).
-    find "$CACHE_ROOT/fixtures" -mindepth 1 -maxdepth 1 -type d ! -name "$KEY" -exec rm -rf {} +
-    exec 9>&-
-    log "built $name in $(($(date +%s) - BUILD_START)) s"
-    BUILD_START=""
-    echo "$dest/$name.vmdk" >&3
 }
 
 main() {

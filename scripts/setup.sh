@@ -16,7 +16,7 @@ BACKPORTS_LIST=/etc/apt/sources.list.d/h2k-bookworm-backports.list
 PACKAGES=(
     libguestfs-dev libguestfs-tools libguestfs0 guestfs-tools
     linux-image-amd64 libclang-dev clang pkg-config
-    ovmf debootstrap dosfstools e2fsprogs lvm2 parted gdisk fdisk util-linux zstd
+    ovmf debootstrap dosfstools e2fsprogs xfsprogs btrfs-progs lvm2 parted gdisk fdisk util-linux zstd
     qemu-utils
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)

@@ -29,7 +29,8 @@ echo "== guest fixtures (cached by builder hash; ~2-4 min each when not cached)"
 start=$(date +%s)
 bash scripts/make-fixture.sh all >/dev/null
 bash scripts/make-variant.sh all >/dev/null
-echo "fixtures and variants ready in $(( $(date +%s) - start )) s"
+bash scripts/make-guest.sh all >/dev/null
+echo "fixtures, variants and guests ready in $(( $(date +%s) - start )) s"
 
 echo "== integration tests: real appliance, real qemu-img/qemu-nbd, real boots (serial)"
 cargo test --locked --test '*' -- --test-threads=1
