@@ -1,5 +1,5 @@
 //! Does the migrated server come up whole? Each guest is built like a VMware template
-//! (`scripts/make-fixture.sh`, `scripts/make-variant.sh`), then:
+//! (`scripts/make-fixture.sh`, `scripts/make-variant.sh`, `scripts/make-guest.sh`), then:
 //! - control: the unfixed guest on its VMware-like hardware (pvscsi or SATA, vmxnet3 behind PCIe
 //!   slot 192, the VMware MAC) passes `validate --boot --probe`: network on the name its config uses,
 //!   every fstab entry mounted, swap on, no failed unit;
@@ -302,4 +302,102 @@ fn dracut_guest_whose_template_omits_virtio_boots_whole_on_virtio() {
     );
     let (run, json) = probe(&[&out], "virtio", &[UEFI_MAC], &[]);
     assert_whole("fixed on virtio", &run, &json);
+}
+
+/// The unfixed guest on virtio: its initramfs has no virtio driver, so it never finds its root.
+fn assert_fails_on_virtio(src: &Path, mac: &str) {
+    let (run, json) = probe(&[src], "virtio", &[mac], &[]);
+    assert!(
+        !run.success() && json["booted"] == false,
+        "control: the unfixed guest must fail on virtio\n{}\n{json}",
+        run.describe()
+    );
+    eprintln!(
+        "control on virtio: {} after {} s",
+        json["failure"]["kind"], json["failure"]["seconds"]
+    );
+}
+
+fn fix_record<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["fixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} record in {report}"))
+}
+
+const DEB11_MAC: &str = "00:50:56:8a:1b:21";
+const DEB13_MAC: &str = "00:50:56:8a:1b:31";
+
+#[test]
+fn debian11_xfs_on_lvm_with_a_networkmanager_static_address_comes_up_whole_on_virtio() {
+    let _vm = vm_lock();
+    let src = common::guest("debian11-bios-xfs-nm");
+    let sha = sha256_file(&src);
+    let expect = ["ens192=10.0.2.15/24"];
+    let (run, json) = probe(&[&src], "pvscsi", &[DEB11_MAC], &expect);
+    assert_whole("control: unfixed on pvscsi", &run, &json);
+    assert_fails_on_virtio(&src, DEB11_MAC);
+
+    // A new MAC on KVM: the keyfile's mac-address must follow, or NetworkManager never
+    // activates the connection on the new NIC.
+    let new_mac = "52:54:00:4b:00:21";
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = fix(
+        &src,
+        dir.path(),
+        &["--nic", &format!("{DEB11_MAC}={new_mac}")],
+    );
+    let net = fix_record(&report, "network").to_string();
+    assert!(
+        net.contains("ens192.nmconnection"),
+        "the keyfile must be in the network record: {net}"
+    );
+    let (run, json) = probe(&[&out], "virtio", &[new_mac], &expect);
+    assert_whole("fixed on virtio with a new MAC", &run, &json);
+    let mounts = json.pointer("/probe/guest/mounts").unwrap().to_string();
+    assert!(mounts.contains("/boot"), "{mounts}");
+    let swaps = json.pointer("/probe/guest/swaps").unwrap().to_string();
+    assert!(
+        swaps.contains("dm-") || swaps.contains("sysvg"),
+        "swap on LVM active: {swaps}"
+    );
+    assert_eq!(sha256_file(&src), sha, "the source changed");
+}
+
+#[test]
+fn debian13_btrfs_subvolumes_with_netplan_come_up_whole_on_virtio() {
+    let _vm = vm_lock();
+    let src = common::guest("debian13-uefi-btrfs-netplan");
+    let sha = sha256_file(&src);
+    let expect = ["ens192"];
+    let (run, json) = probe(&[&src], "sata", &[DEB13_MAC], &expect);
+    assert_whole("control: unfixed on SATA", &run, &json);
+    assert_fails_on_virtio(&src, DEB13_MAC);
+
+    let new_mac = "52:54:00:4b:00:31";
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = fix(
+        &src,
+        dir.path(),
+        &["--nic", &format!("{DEB13_MAC}={new_mac}")],
+    );
+    let fstab = fix_record(&report, "fstab").to_string();
+    assert!(
+        fstab.contains("subvol=@home"),
+        "the fstab rewrite must keep the subvolume options: {fstab}"
+    );
+    assert!(
+        fix_record(&report, "network")
+            .to_string()
+            .contains("50-cloud-init.yaml"),
+        "the netplan file must follow the new MAC"
+    );
+    let (run, json) = probe(&[&out], "virtio", &[new_mac], &expect);
+    assert_whole("fixed on virtio with a new MAC", &run, &json);
+    assert!(has_ipv4(interface(&json, "ens192").unwrap(), "10.0.2.15"));
+    let mounts = json.pointer("/probe/guest/mounts").unwrap().to_string();
+    assert!(mounts.contains("/home"), "{mounts}");
+    assert_eq!(sha256_file(&src), sha, "the source changed");
 }

@@ -45,6 +45,13 @@ pub fn variant(name: &str) -> PathBuf {
     built_by("make-variant.sh", name)
 }
 
+/// A guest of another Debian release and layout (`debian11-bios-xfs-nm`, …), built on first use
+/// by `scripts/make-guest.sh NAME` (cached; 5–8 minutes each when not).
+#[allow(dead_code)]
+pub fn guest(name: &str) -> PathBuf {
+    built_by("make-guest.sh", name)
+}
+
 fn built_by(builder: &str, name: &str) -> PathBuf {
     static CACHE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
