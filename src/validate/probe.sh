@@ -182,14 +182,32 @@ if have ip; then
 fi
 
 failed=
+failed_names=
 if have systemctl; then
     while read -r _a _b _rest; do
         # Older systemd prints a bullet before a failed unit's name even with --plain.
         case $_a in *.*) _u=$_a ;; *) _u=$_b ;; esac
-        [ -n "$_u" ] && append failed "$(jstr "$_u")"
+        [ -n "$_u" ] && append failed "$(jstr "$_u")" && failed_names="$failed_names $_u"
     done <<EOF
 $(systemctl list-units --state=failed --no-legend --plain --no-pager --full 2>/dev/null)
 EOF
+fi
+
+# Why each failed unit failed: its last journal line (the first three failed units).
+failed_logs=
+if have journalctl; then
+    _n=0
+    for _u in $failed_names; do
+        _n=$((_n + 1))
+        [ "$_n" -le 3 ] || break
+        # The line before systemd's own "Failed to start"/"Failed with result" says why.
+        _log=$(journalctl -b -u "$_u" -n 8 -o cat --no-pager 2>/dev/null)
+        _line=$(printf '%s\n' "$_log" | grep -v -e '^Failed to start' -e 'Failed with result' \
+            -e 'Scheduled restart job' -e 'Start request repeated' -e '^Starting ' \
+            -e '^Stopped ' 2>/dev/null | tail -n 1)
+        [ -n "$_line" ] || _line=$(printf '%s\n' "$_log" | tail -n 1)
+        append failed_logs "{\"unit\":$(jstr "$_u"),\"last_line\":$(jstr "$_line")}"
+    done
 fi
 
 # --- /etc/fstab: mounts and swap -----------------------------------------------------------
@@ -280,7 +298,7 @@ case $uptime in '' | *[!0-9.]*) uptime=null ;; esac
 tools=
 for tool in $missing; do append tools "$(jstr "$tool")"; done
 
-json="{\"probe_version\":1,\"multi_user\":$multi_user,\"multi_user_seconds\":$multi_user_seconds,\"uptime_seconds\":$uptime,\"system_state\":$(jstr "$state"),\"waited_seconds\":$waited,\"network_waited_seconds\":$net_waited,\"failed_units\":[$failed],\"mounts\":[$mounts],\"swaps\":[$swaps],\"active_swaps\":[$active_swaps],\"interfaces\":[$ifaces],\"default_route\":$route4,\"default_route6\":$route6,\"cmdline\":$(jstr "$cmdline"),\"hostname\":$(jstr "$hostname"),\"os\":$(jstr "$os"),\"missing_tools\":[$tools]}"
+json="{\"probe_version\":1,\"multi_user\":$multi_user,\"multi_user_seconds\":$multi_user_seconds,\"uptime_seconds\":$uptime,\"system_state\":$(jstr "$state"),\"waited_seconds\":$waited,\"network_waited_seconds\":$net_waited,\"failed_units\":[$failed],\"failed_unit_logs\":[$failed_logs],\"mounts\":[$mounts],\"swaps\":[$swaps],\"active_swaps\":[$active_swaps],\"interfaces\":[$ifaces],\"default_route\":$route4,\"default_route6\":$route6,\"cmdline\":$(jstr "$cmdline"),\"hostname\":$(jstr "$hostname"),\"os\":$(jstr "$os"),\"missing_tools\":[$tools]}"
 # The byte count lets the reader reject a copy something cut into (LC_ALL=C: bytes).
 line="H2K-PROBE ${#json} $json"
 

@@ -73,6 +73,9 @@ pub struct GuestReport {
     pub network_waited_seconds: u32,
     #[serde(default)]
     pub failed_units: Vec<String>,
+    /// The last journal line of each of the first failed units: why it failed.
+    #[serde(default)]
+    pub failed_unit_logs: Vec<UnitLog>,
     #[serde(default)]
     pub mounts: Vec<FstabMount>,
     #[serde(default)]
@@ -96,6 +99,13 @@ pub struct GuestReport {
     /// Tools the probe looked for and did not find (their checks are then best effort).
     #[serde(default)]
     pub missing_tools: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnitLog {
+    pub unit: String,
+    #[serde(default)]
+    pub last_line: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -400,7 +410,18 @@ pub fn whole_problems(r: &GuestReport, expect: &[ExpectIface]) -> Vec<String> {
         problems.push(format!("swap not active: {}", inactive.join(", ")));
     }
     if !r.failed_units.is_empty() {
-        problems.push(format!("failed units: {}", r.failed_units.join(", ")));
+        let why: Vec<String> = r
+            .failed_unit_logs
+            .iter()
+            .filter(|l| !l.last_line.trim().is_empty())
+            .map(|l| format!("{}: {}", l.unit, l.last_line.trim()))
+            .collect();
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", why.join("; "))
+        };
+        problems.push(format!("failed units: {}{why}", r.failed_units.join(", ")));
     }
     // "degraded" is what failed units make it; say it only when nothing above explains it.
     let explained = r.system_state == "degraded" && !r.failed_units.is_empty();
@@ -596,6 +617,23 @@ mod tests {
                 "no default route",
                 "failed units: networking.service",
             ]
+        );
+        // The journal's reason travels with the unit; a blank line adds nothing.
+        r.failed_unit_logs = vec![
+            UnitLog {
+                unit: "networking.service".into(),
+                last_line: "networking.service: Main process exited, code=exited, status=200/CHDIR"
+                    .into(),
+            },
+            UnitLog {
+                unit: "dbus.socket".into(),
+                last_line: " ".into(),
+            },
+        ];
+        let p = whole_problems(&r, &[expect("ens192")]);
+        assert_eq!(
+            p[3],
+            "failed units: networking.service (networking.service: networking.service: Main process exited, code=exited, status=200/CHDIR)"
         );
 
         let mut r = report();
