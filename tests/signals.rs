@@ -80,25 +80,7 @@ fn processes_naming(dir: &Path) -> Vec<String> {
 /// A `qemu-img` that sleeps before running the real one: LOAD then lasts as long as a test
 /// needs, inside a child of the run.
 fn slow_qemu_img(dir: &Path) -> PathBuf {
-    let real = String::from_utf8(
-        Command::new("sh")
-            .args(["-c", "command -v qemu-img"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let wrapper = bin.join("qemu-img");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nsleep 60\nexec '{}' \"$@\"\n", real.trim()),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
+    common::wrapped_qemu_img(dir, "sleep 60\n")
 }
 
 struct Run {
@@ -123,10 +105,7 @@ fn start(extra: &[&str], slow_qemu_img_tool: bool) -> Run {
         .stderr(Stdio::piped());
     if slow_qemu_img_tool {
         let bin = slow_qemu_img(tmp.path());
-        cmd.env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        );
+        cmd.env("PATH", common::path_with_first(&bin));
     }
     Run {
         child: cmd.spawn().unwrap(),
