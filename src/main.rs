@@ -274,13 +274,19 @@ fn run(cli: Cli) -> Result<()> {
             format,
             trust_backing_files,
         } => {
+            let cancel = stop_on_signals()?;
             let report = inspect_cmd::inspect_disk(
                 &disk,
                 format.as_deref(),
                 trust_backing_files,
                 &appliance_options(&cli.global),
                 cli.global.quiet,
-            )?;
+                &cancel,
+            )
+            .map_err(|e| match stop_signal_name() {
+                Some(sig) => anyhow::anyhow!("{disk}: interrupted by {sig}"),
+                None => e.into(),
+            })?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
