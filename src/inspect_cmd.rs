@@ -36,26 +36,9 @@ pub struct InspectReport {
 
 /// Inspect `disk`; `quiet` hides the appliance spinner (as `--quiet` asks);
 /// `trust_backing_files` lifts the backing-file/extent policy as it does for `fix`.
-/// `cancel` is set on SIGINT/SIGTERM, whose handler also kills the children (as for `fix`):
-/// the run then fails as interrupted, whatever error the dead children made.
+/// `cancel` is set on SIGINT/SIGTERM, whose handler also kills the children (as for `fix`;
+/// the caller reports the signal, whatever error the dead children made).
 pub fn inspect_disk(
-    disk: &str,
-    format: Option<&str>,
-    trust_backing_files: bool,
-    opts: &ApplianceOptions,
-    quiet: bool,
-    cancel: &AtomicBool,
-) -> Result<InspectReport, InspectCmdError> {
-    let result = inspect_until_cancelled(disk, format, trust_backing_files, opts, quiet, cancel);
-    match result {
-        _ if cancel.load(Ordering::SeqCst) => {
-            Err(InspectCmdError::Interrupted { disk: disk.into() })
-        }
-        other => other,
-    }
-}
-
-fn inspect_until_cancelled(
     disk: &str,
     format: Option<&str>,
     trust_backing_files: bool,

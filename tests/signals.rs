@@ -202,29 +202,26 @@ const FIX_LEAVES: &[&str] = &["x.qcow2.report.json"];
 #[test]
 fn a_signal_during_load_stops_the_run_at_once() {
     for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let stopped_in_load = |run| {
+            signal_and_check(
+                run,
+                signal,
+                "load",
+                &["failed in the load stage"],
+                FIX_LEAVES,
+            )
+        };
         let run = start(&["--checksum"], false);
         // The debug build's sha256 of the fixture takes seconds; LOAD is still hashing.
         std::thread::sleep(Duration::from_millis(500));
-        signal_and_check(
-            run,
-            signal,
-            "load",
-            &["failed in the load stage"],
-            FIX_LEAVES,
-        );
+        stopped_in_load(run);
 
         let run = start(&[], true);
         assert!(
             wait_for_descendant(&run, "qemu-img", Duration::from_secs(20)),
             "LOAD never started qemu-img"
         );
-        signal_and_check(
-            run,
-            signal,
-            "load",
-            &["failed in the load stage"],
-            FIX_LEAVES,
-        );
+        stopped_in_load(run);
     }
 }
 
@@ -261,13 +258,7 @@ fn a_signal_stops_inspect_at_once() {
         let out_dir = tmp.path().join("out");
         std::fs::create_dir(&out_dir).unwrap();
         let disk = out_dir.join("disk.qcow2");
-        let made = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&disk)
-            .arg("10M")
-            .status()
-            .unwrap();
-        assert!(made.success());
+        common::empty_qcow2(&disk, "10M");
         let bin = slow_qemu_img(tmp.path());
         let child = Command::new(common::bin())
             .arg("inspect")

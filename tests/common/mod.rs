@@ -251,3 +251,14 @@ pub fn path_with_first(bin: &Path) -> String {
         std::env::var("PATH").unwrap_or_default()
     )
 }
+
+/// An empty qcow2 image of `size` (qemu-img's syntax: `10M`) at `path`.
+pub fn empty_qcow2(path: &Path, size: &str) {
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size)
+        .status()
+        .expect("qemu-img create");
+    assert!(status.success(), "qemu-img create {}", path.display());
+}
