@@ -4,8 +4,6 @@
 //! still fails, or does not finish within [`KVM_LAUNCH_BOUND`], the appliance is relaunched
 //! once under TCG and the fallback is recorded.
 
-use std::collections::HashSet;
-use std::fs;
 use std::sync::mpsc;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -179,7 +177,7 @@ fn launch_once(
         }
         Accel::Kvm => {
             let _exclusive = KVM_LAUNCH_LOCK.write().unwrap_or_else(|p| p.into_inner());
-            let before = qemu_children();
+            let before = crate::process::qemu_children();
             let (done_tx, done_rx) = mpsc::channel::<()>();
             let watchdog = std::thread::spawn(move || {
                 if done_rx.recv_timeout(KVM_LAUNCH_BOUND).is_err() {
@@ -187,7 +185,7 @@ fn launch_once(
                     // checks) are never the target; the registry lock keeps new ones from
                     // appearing unregistered while we look.
                     crate::process::with_registry(|ours| {
-                        for pid in qemu_children()
+                        for pid in crate::process::qemu_children()
                             .difference(&before)
                             .filter(|pid| !ours.contains(&(**pid as u32)))
                         {
@@ -208,34 +206,4 @@ fn launch_once(
     };
     result.map_err(|cause| ApplianceError::Launch { accel, cause })?;
     Ok(g)
-}
-
-/// PIDs of this process's QEMU children (libguestfs's direct backend forks QEMU itself).
-fn qemu_children() -> HashSet<i32> {
-    let me = std::process::id() as i32;
-    let mut out = HashSet::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // comm is in parentheses and may hold spaces; fields after the last ')' are fixed.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let ppid = stat[close + 1..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<i32>().ok());
-        if ppid == Some(me) && crate::process::is_qemu_command_name(comm) {
-            out.insert(pid);
-        }
-    }
-    out
 }

@@ -1,5 +1,7 @@
 //! `h2k-guest inspect`: one read-only appliance, every OS root reported.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
 
 use crate::appliance::{Appliance, ApplianceError, ApplianceOptions, Drive};
@@ -15,6 +17,9 @@ pub enum InspectCmdError {
     Appliance { disk: String, cause: ApplianceError },
     #[error("{disk}: {cause}")]
     Inspect { disk: String, cause: InspectError },
+    /// SIGINT/SIGTERM: the caller names the signal.
+    #[error("{disk}: interrupted")]
+    Interrupted { disk: String },
 }
 
 #[derive(Debug, Serialize)]
@@ -31,13 +36,22 @@ pub struct InspectReport {
 
 /// Inspect `disk`; `quiet` hides the appliance spinner (as `--quiet` asks);
 /// `trust_backing_files` lifts the backing-file/extent policy as it does for `fix`.
+/// `cancel` is set on SIGINT/SIGTERM, whose handler also kills the children (as for `fix`;
+/// the caller reports the signal, whatever error the dead children made).
 pub fn inspect_disk(
     disk: &str,
     format: Option<&str>,
     trust_backing_files: bool,
     opts: &ApplianceOptions,
     quiet: bool,
+    cancel: &AtomicBool,
 ) -> Result<InspectReport, InspectCmdError> {
+    // libguestfs forks the appliance's QEMU itself, out of the signal handler's sight once
+    // it has looked: no launch starts after a signal.
+    let go_on = || match cancel.load(Ordering::SeqCst) {
+        true => Err(InspectCmdError::Interrupted { disk: disk.into() }),
+        false => Ok(()),
+    };
     let source = Source::parse(disk);
     let info = load::probe_with(&source, format, trust_backing_files)?;
     let mut warnings = Vec::new();
@@ -65,6 +79,7 @@ pub fn inspect_disk(
         }
         _ => drive_for(&info, true),
     };
+    go_on()?;
     let spinner = crate::progress::Spinner::new("starting the libguestfs appliance", quiet);
     let app = Appliance::launch(&[drive], opts).map_err(|cause| InspectCmdError::Appliance {
         disk: disk.into(),
@@ -80,6 +95,7 @@ pub fn inspect_disk(
     let disks = inspect::scan_disks(&app.g).map_err(|e| wrap(e.into()))?;
     let mut oses = Vec::new();
     for root in &roots {
+        go_on()?;
         warnings.extend(inspect::mount_guest(&app.g, root, &disks).map_err(wrap)?);
         oses.push(inspect::inspect_root(&app.g, root, &disks).map_err(wrap)?);
         app.g.umount_all().map_err(|e| wrap(e.into()))?;

@@ -236,6 +236,10 @@ struct FixArgs {
     /// After converting, boot the output on virtio-blk until a login prompt (fails the job if not).
     #[arg(long)]
     boot_check: bool,
+    /// With --boot-check: an interface the guest must have up, with this address when given
+    /// (repeatable; added to the manifest's validate.expect_ifaces), e.g. ens192=10.0.2.15/24.
+    #[arg(long = "expect-iface", value_name = "NAME[=ADDR/PREFIX]")]
+    expect_ifaces: Vec<h2k_guest::validate::ExpectIface>,
     /// Replace an existing output.
     #[arg(long)]
     overwrite: bool,
@@ -270,13 +274,19 @@ fn run(cli: Cli) -> Result<()> {
             format,
             trust_backing_files,
         } => {
+            let cancel = stop_on_signals()?;
             let report = inspect_cmd::inspect_disk(
                 &disk,
                 format.as_deref(),
                 trust_backing_files,
                 &appliance_options(&cli.global),
                 cli.global.quiet,
-            )?;
+                &cancel,
+            )
+            .map_err(|e| match stop_signal_name() {
+                Some(sig) => anyhow::anyhow!("{disk}: interrupted by {sig}"),
+                None => e.into(),
+            })?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -437,6 +447,13 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
     plan.fix.backup |= args.backup;
     plan.validate.check_image_integrity &= !args.no_check;
     plan.validate.boot |= args.boot_check;
+    plan.validate
+        .expect_ifaces
+        .extend(args.expect_ifaces.iter().cloned());
+    anyhow::ensure!(
+        args.expect_ifaces.is_empty() || plan.validate.boot,
+        "--expect-iface applies to the boot check: add --boot-check (or validate.boot to the manifest)"
+    );
     plan.trust_backing_files |= args.trust_backing_files;
     Ok(plan)
 }
@@ -557,6 +574,16 @@ fn describe_plan(plan: &Plan) -> String {
         plan.convert.format.as_str(),
         plan.convert.compress
     );
+    let v = &plan.validate;
+    o += &format!(
+        "  validate: {} (image check {}, boot check {}, timeout {} s",
+        v.enabled, v.check_image_integrity, v.boot, v.boot_timeout_secs
+    );
+    if !v.expect_ifaces.is_empty() {
+        let ifaces: Vec<String> = v.expect_ifaces.iter().map(|e| e.to_string()).collect();
+        o += &format!(", expect interfaces {}", ifaces.join(", "));
+    }
+    o += ")\n";
     for w in &plan.warnings {
         o += &format!("  warning: {w}\n");
     }
@@ -767,6 +794,33 @@ mod tests {
         assert_eq!(p.fix.nics[0].target_name.as_deref(), Some("enp1s0"));
         let p = plan(&["--no-network-cleanup"]).unwrap();
         assert_eq!(p.fix.network_mode(), NetworkMode::Leave);
+    }
+
+    #[test]
+    fn expect_iface_flags_go_into_the_boot_check() {
+        let p = plan(&[
+            "--boot-check",
+            "--expect-iface",
+            "ens192",
+            "--expect-iface",
+            "ens224=10.0.2.15/24",
+        ])
+        .unwrap();
+        let given: Vec<String> = p
+            .validate
+            .expect_ifaces
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(given, ["ens192", "ens224=10.0.2.15/24"]);
+        assert!(describe_plan(&p).contains(
+            "validate: true (image check true, boot check true, timeout 300 s, expect interfaces \
+             ens192, ens224=10.0.2.15/24)"
+        ));
+        let err = plan(&["--expect-iface", "ens192"]).unwrap_err();
+        assert!(err.to_string().contains("add --boot-check"), "{err}");
+        let err = plan(&["--boot-check", "--expect-iface", "ens192=10.0.2.300"]).unwrap_err();
+        assert!(err.to_string().contains("is not an address"), "{err}");
     }
 
     #[test]

@@ -611,7 +611,7 @@ fn validate_outputs(
             .iter()
             .map(|n| n.target_mac.clone().or_else(|| n.mac.clone()))
             .collect(),
-            expect_ifaces: Vec::new(),
+            expect_ifaces: plan.validate.expect_ifaces.clone(),
         };
         let outcome = crate::validate::probe_check(&probe)
             .map_err(|e| PipelineError::Validate(e.to_string()))?;

@@ -193,6 +193,9 @@ pub struct ValidatePlan {
     /// `validate --boot --probe`; the job fails unless the guest comes up whole.
     pub boot: bool,
     pub boot_timeout_secs: u64,
+    /// Interfaces the boot check's guest must have up (`validate.expect_ifaces`, `fix
+    /// --expect-iface`), as `validate --expect-iface` asks.
+    pub expect_ifaces: Vec<ExpectIface>,
 }
 
 impl Default for ValidatePlan {
@@ -202,7 +205,62 @@ impl Default for ValidatePlan {
             check_image_integrity: true,
             boot: false,
             boot_timeout_secs: 300,
+            expect_ifaces: Vec::new(),
         }
+    }
+}
+
+/// `--expect-iface NAME[=ADDR[/PREFIX]]`: an interface that must be up (with that address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpectIface {
+    pub name: String,
+    pub address: Option<String>,
+}
+
+/// As it was given: `NAME` or `NAME=ADDR[/PREFIX]`.
+impl std::fmt::Display for ExpectIface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.address {
+            Some(address) => write!(f, "{}={address}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+impl std::str::FromStr for ExpectIface {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, address) = match s.split_once('=') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let bad_name = name.is_empty()
+            || name.len() > 15
+            || name.contains(|c: char| c == '/' || c.is_whitespace());
+        if bad_name {
+            return Err(format!(
+                "{s:?}: expected NAME[=ADDR/PREFIX] with an interface name (at most 15 \
+                 characters, no '/' or spaces)"
+            ));
+        }
+        if let Some(a) = address {
+            let (ip, prefix) = match a.split_once('/') {
+                Some((ip, p)) => (ip, Some(p)),
+                None => (a, None),
+            };
+            let ip_ok = ip.parse::<std::net::IpAddr>().is_ok();
+            let prefix_ok = prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|n| n <= 128));
+            if !ip_ok || !prefix_ok {
+                return Err(format!(
+                    "{s:?}: {a:?} is not an address (10.0.2.15/24, fd00::2/64 or without the \
+                     prefix)"
+                ));
+            }
+        }
+        Ok(ExpectIface {
+            name: name.to_string(),
+            address: address.map(str::to_string),
+        })
     }
 }
 

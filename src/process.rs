@@ -123,26 +123,33 @@ pub fn stop_all_children() {
             let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);
         }
     });
+    for pid in qemu_children() {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// PIDs of the QEMU processes this process forked itself, not through this module
+/// (libguestfs's direct backend starts the appliance's QEMU that way).
+pub fn qemu_children() -> BTreeSet<i32> {
     let me = std::process::id().to_string();
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
+        return BTreeSet::new();
     };
-    for pid in procs
+    procs
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-    {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "PID (COMM) STATE PPID …": COMM may hold spaces, so split at the last ')'.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map_or("", |(_, c)| c);
-        if is_qemu_command_name(comm) && rest.split_whitespace().nth(1) == Some(me.as_str()) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // "PID (COMM) STATE PPID …": COMM may hold spaces, so split at the last ')'.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let comm = head.split_once('(').map_or("", |(_, c)| c);
+            is_qemu_command_name(comm) && rest.split_whitespace().nth(1) == Some(me.as_str())
+        })
+        .collect()
 }
 
 /// A child program's command line, wrapped as the module documentation says.
@@ -544,6 +551,26 @@ mod tests {
         assert!(wait_until_dead(pid), "pid {pid} outlived its parent thread");
         let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
         registry().remove(&pid);
+    }
+
+    #[test]
+    fn qemu_children_are_this_process_qemus_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake_qemu = dir.path().join("qemu-h2k-test");
+        std::os::unix::fs::symlink(in_path("sleep").unwrap(), &fake_qemu).unwrap();
+        let qemu = Command::new(&fake_qemu).arg("30").spawn().unwrap();
+        let other = Command::new("sleep").arg("30").spawn().unwrap();
+        // Through setpriv the name is the program's only once it has exec'd.
+        let comm = format!("/proc/{}/comm", qemu.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "qemu-h2k-test" {
+            assert!(Instant::now() < deadline, "never exec'd");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let found = qemu_children();
+        assert!(found.contains(&(qemu.id() as i32)), "{found:?}");
+        assert!(!found.contains(&(other.id() as i32)), "{found:?}");
+        assert!(!found.contains(&(std::process::id() as i32)));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Hostile sources must be refused in LOAD, by the real binary, fast, with one line naming
 //! the file and the offending entry, and without touching the source. No appliance is launched.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -179,26 +181,11 @@ fn make_differencing_vhdx(path: &Path, parents: &[(&str, &str)]) {
 /// A qemu-img that logs its arguments to `log` before running the real one, and refuses
 /// `create` (so `fix` stops in LOAD, after every LOAD call, before any appliance).
 fn logging_qemu_img(dir: &Path, log: &Path) -> PathBuf {
-    let real = String::from_utf8(
-        Command::new("sh")
-            .args(["-c", "command -v qemu-img"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let script = format!(
-        "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nif [ \"$1\" = create ]; then echo 'qemu-img: create refused by the test' >&2; exit 1; fi\nexec '{}' \"$@\"\n",
-        log.display(),
-        real.trim()
+    let prelude = format!(
+        "printf '%s\\n' \"$*\" >> '{}'\nif [ \"$1\" = create ]; then echo 'qemu-img: create refused by the test' >&2; exit 1; fi\n",
+        log.display()
     );
-    let wrapper = bin.join("qemu-img");
-    std::fs::write(&wrapper, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
+    common::wrapped_qemu_img(dir, &prelude)
 }
 
 /// Every qemu-img call LOAD (and `validate`) makes names the format it opens (`-f`, and `-F`
@@ -216,7 +203,7 @@ fn every_qemu_img_call_carries_an_explicit_format() {
     );
     let log = d.join("argv.log");
     let bin = logging_qemu_img(d, &log);
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let path = common::path_with_first(&bin);
     for image in [
         "disk.raw",
         "top.qcow2",

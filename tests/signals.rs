@@ -1,7 +1,8 @@
 //! SIGTERM and SIGINT are honoured at once: `h2k-guest fix` on the BIOS fixture, signalled
 //! during LOAD (no appliance: the checksum, or a qemu-img that takes its time) and during the
 //! appliance launch, exits within seconds with 128 + the signal and one error line, and leaves
-//! no child process, no output, no `.part` and no work directory.
+//! no child process, no output, no `.part` and no work directory. `inspect` is stopped the
+//! same way.
 
 mod common;
 
@@ -80,25 +81,7 @@ fn processes_naming(dir: &Path) -> Vec<String> {
 /// A `qemu-img` that sleeps before running the real one: LOAD then lasts as long as a test
 /// needs, inside a child of the run.
 fn slow_qemu_img(dir: &Path) -> PathBuf {
-    let real = String::from_utf8(
-        Command::new("sh")
-            .args(["-c", "command -v qemu-img"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let wrapper = bin.join("qemu-img");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nsleep 60\nexec '{}' \"$@\"\n", real.trim()),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
+    common::wrapped_qemu_img(dir, "sleep 60\n")
 }
 
 struct Run {
@@ -123,10 +106,7 @@ fn start(extra: &[&str], slow_qemu_img_tool: bool) -> Run {
         .stderr(Stdio::piped());
     if slow_qemu_img_tool {
         let bin = slow_qemu_img(tmp.path());
-        cmd.env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        );
+        cmd.env("PATH", common::path_with_first(&bin));
     }
     Run {
         child: cmd.spawn().unwrap(),
@@ -150,10 +130,10 @@ fn wait_for_descendant(run: &Run, prefix: &str, limit: Duration) -> bool {
     false
 }
 
-/// Send `signal`, then check everything the module documentation promises.
-/// `stages`: how the error line may name the stage that was stopped.
-fn signal_and_check(mut run: Run, signal: Signal, stages: &[&str]) {
-    let stage = stages[0];
+/// Send `signal`, then check everything the module documentation promises. `stage`: what
+/// was stopped; `named`: how the error line may name it; `leaves`: the only files the run
+/// may leave in its output directory.
+fn signal_and_check(mut run: Run, signal: Signal, stage: &str, named: &[&str], leaves: &[&str]) {
     let pid = run.child.id() as i32;
     let children = descendants(pid);
     let sent = Instant::now();
@@ -185,9 +165,7 @@ fn signal_and_check(mut run: Run, signal: Signal, stages: &[&str]) {
     let line = common::one_error_line(&stderr);
     assert!(
         line.contains(&format!("interrupted by {signal}"))
-            && stages
-                .iter()
-                .any(|s| line.contains(&format!("failed in the {s}"))),
+            && named.iter().any(|s| line.contains(s)),
         "{line}"
     );
     // Killed children take a moment to go (libguestfs's recovery helper polls its QEMU).
@@ -207,10 +185,9 @@ fn signal_and_check(mut run: Run, signal: Signal, stages: &[&str]) {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    // The failure report is the one file a failed run writes.
     let unexpected: Vec<&String> = entries
         .iter()
-        .filter(|n| n.as_str() != "x.qcow2.report.json")
+        .filter(|n| !leaves.contains(&n.as_str()))
         .collect();
     assert!(
         unexpected.is_empty(),
@@ -218,21 +195,33 @@ fn signal_and_check(mut run: Run, signal: Signal, stages: &[&str]) {
     );
 }
 
+/// The failure report is the one file a failed `fix` writes.
+const FIX_LEAVES: &[&str] = &["x.qcow2.report.json"];
+
 /// During LOAD's sha256 of the source (no child process) and during a qemu-img call.
 #[test]
 fn a_signal_during_load_stops_the_run_at_once() {
     for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let stopped_in_load = |run| {
+            signal_and_check(
+                run,
+                signal,
+                "load",
+                &["failed in the load stage"],
+                FIX_LEAVES,
+            )
+        };
         let run = start(&["--checksum"], false);
         // The debug build's sha256 of the fixture takes seconds; LOAD is still hashing.
         std::thread::sleep(Duration::from_millis(500));
-        signal_and_check(run, signal, &["load stage"]);
+        stopped_in_load(run);
 
         let run = start(&[], true);
         assert!(
             wait_for_descendant(&run, "qemu-img", Duration::from_secs(20)),
             "LOAD never started qemu-img"
         );
-        signal_and_check(run, signal, &["load stage"]);
+        stopped_in_load(run);
     }
 }
 
@@ -247,6 +236,49 @@ fn a_signal_during_the_appliance_launch_stops_the_run_at_once() {
             "the appliance's QEMU never started"
         );
         // The pipeline names the appliance launch as part of its inspect stage.
-        signal_and_check(run, signal, &["appliance stage", "inspect stage"]);
+        signal_and_check(
+            run,
+            signal,
+            "the appliance launch",
+            &[
+                "failed in the appliance stage",
+                "failed in the inspect stage",
+            ],
+            FIX_LEAVES,
+        );
+    }
+}
+
+/// `inspect` is stopped as `fix` is: here in LOAD, in a qemu-img that takes its time (no
+/// appliance). Its error line names the disk and the signal.
+#[test]
+fn a_signal_stops_inspect_at_once() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out_dir = tmp.path().join("out");
+        std::fs::create_dir(&out_dir).unwrap();
+        let disk = out_dir.join("disk.qcow2");
+        common::empty_qcow2(&disk, "10M");
+        let bin = slow_qemu_img(tmp.path());
+        let child = Command::new(common::bin())
+            .arg("inspect")
+            .arg(&disk)
+            .env("PATH", common::path_with_first(&bin))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let run = Run {
+            child,
+            out_dir,
+            _tmp: tmp,
+        };
+        assert!(
+            wait_for_descendant(&run, "qemu-img", Duration::from_secs(20)),
+            "inspect never started qemu-img"
+        );
+        let named = format!("{}: interrupted by {signal}", disk.display());
+        signal_and_check(run, signal, "inspect's load", &[&named], &["disk.qcow2"]);
     }
 }

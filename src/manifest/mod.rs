@@ -575,7 +575,8 @@ mod tests {
             &text,
             "\n  }\n}",
             r#",
-    "validate": {"enabled": true, "check_image_integrity": false, "boot": true, "boot_timeout": 90}
+    "validate": {"enabled": true, "check_image_integrity": false, "boot": true, "boot_timeout": 90,
+                 "expect_ifaces": ["ens192", "ens224=10.0.2.15/24", "eth0=fd00::2"]}
   }
 }"#,
         );
@@ -593,7 +594,10 @@ mod tests {
                 enabled: true,
                 check_image_integrity: false,
                 boot: true,
-                boot_timeout_secs: 90
+                boot_timeout_secs: 90,
+                expect_ifaces: ["ens192", "ens224=10.0.2.15/24", "eth0=fd00::2"]
+                    .map(|s| s.parse().unwrap())
+                    .to_vec(),
             }
         );
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
@@ -1296,6 +1300,60 @@ options: {{dry_run: false, verbose: 1}}
             let e = err(fx.parse("m.json", &edit(&fx.artifact(), from, to)));
             assert_eq!(e.to_string(), fx.at("m.json", key, message));
         }
+    }
+
+    #[test]
+    fn bad_expect_ifaces() {
+        let fx = Fixture::new();
+        // The seed has no validate object, the artifact one has.
+        let with = |base: &str, list: &str| {
+            let text = if base.contains(r#""validate": {"#) {
+                let to = format!(r#""validate": {{"expect_ifaces": {list}, "#);
+                edit(base, r#""validate": {"#, &to)
+            } else {
+                let to = format!(r#""pipeline": {{"validate": {{"expect_ifaces": {list}}}, "#);
+                edit(base, r#""pipeline": {"#, &to)
+            };
+            fx.parse("m.json", &text)
+        };
+        let name_message = "expected NAME[=ADDR/PREFIX] with an interface name (at most 15 \
+                            characters, no '/' or spaces)";
+        let cases = [
+            (r#"["ens192", "a/b"]"#, "[1]", format!(r#""a/b": {name_message}"#)),
+            (r#"["=10.0.2.15"]"#, "[0]", format!(r#""=10.0.2.15": {name_message}"#)),
+            (
+                r#"["ens192=10.0.2.300/24"]"#,
+                "[0]",
+                r#""ens192=10.0.2.300/24": "10.0.2.300/24" is not an address (10.0.2.15/24, fd00::2/64 or without the prefix)"#.into(),
+            ),
+            (
+                r#"["ens192=10.0.2.15/129"]"#,
+                "[0]",
+                r#""ens192=10.0.2.15/129": "10.0.2.15/129" is not an address (10.0.2.15/24, fd00::2/64 or without the prefix)"#.into(),
+            ),
+            (r#"[7]"#, "[0]", "expected a string NAME or NAME=ADDR/PREFIX, found number 7".into()),
+            (r#""ens192""#, "", r#"expected an array, found string "ens192""#.into()),
+        ];
+        for base in [fx.seed(), fx.artifact()] {
+            for (list, index, message) in &cases {
+                let e = err(with(&base, list));
+                let key = format!("pipeline.validate.expect_ifaces{index}");
+                assert_eq!(e.to_string(), fx.at("m.json", &key, message), "{list}");
+            }
+            let plan = with(&base, r#"["ens192", "ens224=10.0.2.15/24"]"#).unwrap();
+            let names: Vec<_> = plan
+                .validate
+                .expect_ifaces
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect();
+            assert_eq!(names, ["ens192", "ens224"]);
+            assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        }
+        // A long value is cut in the message, which stays one line.
+        let long = format!(r#"["{}"]"#, "x".repeat(300));
+        let e = err(with(&fx.seed(), &long)).to_string();
+        assert!(e.len() < 400 && e.contains("…") && !e.contains('\n'), "{e}");
     }
 
     #[test]

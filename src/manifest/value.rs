@@ -4,7 +4,9 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::plan::{CompressionType, ConvertPlan, FstabMode, OutputFormat, ValidatePlan};
+use crate::plan::{
+    CompressionType, ConvertPlan, ExpectIface, FstabMode, OutputFormat, ValidatePlan,
+};
 
 // Walking the value
 
@@ -254,8 +256,13 @@ pub(super) const IMAGE_EXTENSIONS: &[&str] =
 
 pub(super) const NBD_SCHEMES: &[&str] = &["nbd://", "nbd+unix://", "nbd+tcp://"];
 
-pub(super) const VALIDATE_KEYS: &[&str] =
-    &["enabled", "check_image_integrity", "boot", "boot_timeout"];
+pub(super) const VALIDATE_KEYS: &[&str] = &[
+    "enabled",
+    "check_image_integrity",
+    "boot",
+    "boot_timeout",
+    "expect_ifaces",
+];
 
 pub(super) fn check_version(key: &str, value: &Value) -> Res<()> {
     let supported = match value {
@@ -313,8 +320,30 @@ pub(super) fn validate_plan(obj: Option<Obj>) -> Res<ValidatePlan> {
             Some(secs) => plan.boot_timeout_secs = secs,
             None => {}
         }
+        plan.expect_ifaces = expect_ifaces(&v)?;
     }
     Ok(plan)
+}
+
+/// `expect_ifaces: ["ens192", "ens224=10.0.2.15/24"]`, read by `validate --expect-iface`'s parser.
+fn expect_ifaces(v: &Obj) -> Res<Vec<ExpectIface>> {
+    let Some(items) = v.array("expect_ifaces")? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("{}[{i}]", v.key("expect_ifaces"));
+        let given = item
+            .as_str()
+            .ok_or_else(|| expected(&key, "a string NAME or NAME=ADDR/PREFIX", item))?;
+        let parsed = given.parse::<ExpectIface>().map_err(|e| {
+            // The parser names the value unshortened; a manifest's may be long.
+            let reason = e.strip_prefix(&format!("{given:?}: ")).unwrap_or(&e);
+            bad(&key, format!("{}: {reason}", quote(given)))
+        })?;
+        out.push(parsed);
+    }
+    Ok(out)
 }
 
 /// Warn about settings that cannot take effect, and drop compression where qemu-img would refuse it.

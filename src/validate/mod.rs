@@ -45,6 +45,7 @@ mod firmware;
 mod probe;
 mod probe_report;
 mod qemu;
+mod selinux;
 
 pub use boot::*;
 pub use check::*;

@@ -211,6 +211,15 @@ fn install_probe(g: &Guestfs) -> Result<String, String> {
         g.command(&["ln", "-sf", PROBE_UNIT_PATH, PROBE_UNIT_LINK])
             .map(drop),
     )?;
+    // The directories with what is in them: mkdir -p may have made them.
+    let written = [
+        "/usr/local/libexec",
+        "/etc/systemd/system/multi-user.target.wants",
+        PROBE_UNIT_PATH,
+    ];
+    if let Some(policy) = super::selinux::label_written_files(g, &written)? {
+        log::info!("the probe's files are labelled for the guest's SELinux policy {policy}");
+    }
     Ok(root)
 }
 

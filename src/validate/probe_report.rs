@@ -179,49 +179,8 @@ pub struct Route {
     pub dev: String,
 }
 
-/// `--expect-iface NAME[=ADDR[/PREFIX]]`: an interface that must be up (with that address).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ExpectIface {
-    pub name: String,
-    pub address: Option<String>,
-}
-
-impl FromStr for ExpectIface {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (name, address) = match s.split_once('=') {
-            Some((n, a)) => (n, Some(a)),
-            None => (s, None),
-        };
-        let bad_name = name.is_empty()
-            || name.len() > 15
-            || name.contains(|c: char| c == '/' || c.is_whitespace());
-        if bad_name {
-            return Err(format!(
-                "{s:?}: expected NAME[=ADDR/PREFIX] with an interface name (at most 15 \
-                 characters, no '/' or spaces)"
-            ));
-        }
-        if let Some(a) = address {
-            let (ip, prefix) = match a.split_once('/') {
-                Some((ip, p)) => (ip, Some(p)),
-                None => (a, None),
-            };
-            let ip_ok = ip.parse::<std::net::IpAddr>().is_ok();
-            let prefix_ok = prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|n| n <= 128));
-            if !ip_ok || !prefix_ok {
-                return Err(format!(
-                    "{s:?}: {a:?} is not an address (10.0.2.15/24, fd00::2/64 or without the \
-                     prefix)"
-                ));
-            }
-        }
-        Ok(ExpectIface {
-            name: name.to_string(),
-            address: address.map(str::to_string),
-        })
-    }
-}
+/// Defined with the plan, which carries the manifest's `validate.expect_ifaces`.
+pub use crate::plan::ExpectIface;
 
 /// `--mac`: six colon-separated hex bytes, not multicast (QEMU refuses those for a NIC).
 pub fn parse_mac(s: &str) -> Result<String, String> {

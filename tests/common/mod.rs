@@ -231,3 +231,41 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// A `qemu-img` in `DIR/bin` that runs the shell lines `prelude`, then the real qemu-img with
+/// its arguments: how a test slows LOAD down or watches its calls. Returns `DIR/bin`.
+pub fn wrapped_qemu_img(dir: &Path, prelude: &str) -> PathBuf {
+    let real = Command::new("sh")
+        .args(["-c", "command -v qemu-img"])
+        .output()
+        .expect("sh");
+    let real = String::from_utf8(real.stdout).expect("a UTF-8 path");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let wrapper = bin.join("qemu-img");
+    let script = format!("#!/bin/sh\n{prelude}exec '{}' \"$@\"\n", real.trim());
+    std::fs::write(&wrapper, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// `$PATH` with `bin` first.
+pub fn path_with_first(bin: &Path) -> String {
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// An empty qcow2 image of `size` (qemu-img's syntax: `10M`) at `path`.
+pub fn empty_qcow2(path: &Path, size: &str) {
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size)
+        .status()
+        .expect("qemu-img create");
+    assert!(status.success(), "qemu-img create {}", path.display());
+}
