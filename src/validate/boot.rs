@@ -64,6 +64,9 @@ pub(crate) struct Run {
     pub(crate) last_lines: Vec<String>,
     /// The login prompt and when it came (a probe run goes on past it).
     pub(crate) login: Option<(String, f64)>,
+    /// The guest agent's answer, asked after the probe's line while QEMU still runs (only
+    /// when the spec has its socket).
+    pub(crate) agent: Option<AgentCheck>,
 }
 
 pub(crate) fn failure(
@@ -283,12 +286,20 @@ pub(crate) fn watch_guest(
         }
         std::thread::sleep(POLL);
     };
+    let agent = match (&ended, &spec.agent_socket) {
+        (Ended::Probe { .. }, Some(socket)) => {
+            log::info!("{image}: the probe reported; asking the guest agent on {AGENT_PORT}");
+            Some(query_agent(socket, AGENT_DEADLINE, cancel))
+        }
+        _ => None,
+    };
     drop(qemu_proc);
     Ok(Run {
         ended,
         stage: console.stage(),
         last_lines: console.last_lines(LAST_LINES),
         login,
+        agent,
     })
 }
 
@@ -381,6 +392,7 @@ pub(crate) fn guest_spec(
         disks,
         nics,
         serial_log,
+        agent_socket: None,
     };
     (spec, resolved.reason)
 }

@@ -44,6 +44,8 @@ pub struct ProbeOptions {
     /// One NIC each, with this MAC or QEMU's default; empty: one NIC with QEMU's default.
     pub nics: Vec<Option<String>>,
     pub expect_ifaces: Vec<ExpectIface>,
+    /// The QEMU guest agent must answer on its virtio-serial port (which is attached only then).
+    pub expect_agent: bool,
 }
 
 /// The probe's part of a [`ProbeOutcome`].
@@ -65,6 +67,8 @@ pub struct ProbeResult {
     /// What "whole" means.
     pub whole_means: Vec<String>,
     pub expect_ifaces: Vec<ExpectIface>,
+    /// The guest agent's handshake (only tried when expected).
+    pub agent: AgentCheck,
     /// The guest's own report (None when the probe never ran).
     pub guest: Option<GuestReport>,
 }
@@ -107,9 +111,13 @@ impl ProbeOutcome {
                 .filter(|i| !i.is_loopback() && i.is_up() && !i.ipv4.is_empty())
                 .map(|i| format!("{} {}", i.name, i.ipv4.join(" ")))
                 .collect();
+            let agent = match &p.agent.version {
+                Some(v) if p.agent.answered => format!("; guest agent {v}"),
+                _ => String::new(),
+            };
             return format!(
                 "{}{disks}: whole on {how} after {:.1} s (multi-user at {}; {} mounts, {} swaps; \
-                 {}; default route via {})",
+                 {}; default route via {}{agent})",
                 b.image,
                 p.seconds_to_probe.unwrap_or(b.seconds),
                 guest
@@ -319,6 +327,9 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         opts.nics.clone(),
         tmp.path(),
     );
+    if opts.expect_agent {
+        spec.agent_socket = Some(tmp.path().join("qga.sock"));
+    }
     log::info!(
         "{image}: booting {disk_count} disk(s) with {} NIC(s) on bus {} ({}: {firmware_reason}; \
          {}: {accel_reason}); waiting up to {} s for the probe",
@@ -368,11 +379,24 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         Ended::Interrupted => return Err(ValidateError::Interrupted { image }),
     }
     let (mut whole, mut problems) = judge(guest.as_ref(), &opts.expect_ifaces);
+    let agent = match (opts.expect_agent, run.agent.take()) {
+        (false, _) => AgentCheck::not_checked(),
+        (true, Some(answer)) => answer,
+        (true, None) => AgentCheck {
+            expected: true,
+            error: Some("not asked: the probe never reported".into()),
+            ..AgentCheck::default()
+        },
+    };
     if guest.is_some() {
         let console = fs::read(&spec.serial_log).unwrap_or_default();
         let stalls = boot_stalls(&String::from_utf8_lossy(&console));
         whole &= stalls.is_empty();
         problems.extend(stalls);
+    }
+    if let Some(problem) = agent.problem().filter(|_| guest.is_some()) {
+        whole = false;
+        problems.push(problem);
     }
     if !whole && boot.console_log.is_none() {
         boot.console_log = keep_console_log(&spec.serial_log, &image, bopts.bus);
@@ -390,6 +414,7 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
             problems,
             whole_means: WHOLE_MEANS.iter().map(|s| s.to_string()).collect(),
             expect_ifaces: opts.expect_ifaces.clone(),
+            agent,
             guest,
         },
     })
@@ -415,6 +440,7 @@ mod tests {
             ],
             nics: vec![Some("00:50:56:ab:cd:ef".into()), None],
             serial_log: PathBuf::from("/t/console.log"),
+            agent_socket: None,
         };
         qemu_args(&spec)
             .iter()
@@ -668,6 +694,7 @@ mod tests {
                 problems,
                 whole_means: WHOLE_MEANS.iter().map(|s| s.to_string()).collect(),
                 expect_ifaces: vec![],
+                agent: AgentCheck::not_checked(),
                 guest,
             },
         }
@@ -803,6 +830,7 @@ mod run_tests {
             disks: vec![dir.join("overlay0.qcow2")],
             nics: vec![],
             serial_log: dir.join("console.log"),
+            agent_socket: None,
         }
     }
 
