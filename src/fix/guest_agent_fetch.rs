@@ -224,6 +224,21 @@ pub fn parse_deb_file_name(name: &str) -> Option<(String, String)> {
     (!package.is_empty() && !version.is_empty()).then_some((package, version))
 }
 
+/// The line of apt's stderr that says why: the first failed fetch (it names the mirror and
+/// the cause), else the last line.
+pub fn apt_reason(stderr: &str) -> Option<String> {
+    stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("Failed to fetch"))
+        .map(|l| {
+            l.trim_start_matches("E: ")
+                .trim_start_matches("W: ")
+                .to_string()
+        })
+        .or_else(|| reduce_stderr(stderr))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("{what}: {reason}")]
@@ -281,13 +296,15 @@ pub fn download(
             return Err(FetchError::Apt {
                 step,
                 tree: tree.display().to_string(),
-                reason: reduce_stderr(&stderr)
+                reason: apt_reason(&stderr)
                     .unwrap_or_else(|| format!("exited with {}", out.status)),
             });
         }
         Ok(stdout)
     };
-    apt("update", &["-q", "update"])?;
+    // Without --error-on=any an unreachable mirror is only a warning, and the install then
+    // says the package does not exist.
+    apt("update", &["-q", "--error-on=any", "update"])?;
     apt(
         "install --download-only",
         &[
@@ -453,6 +470,22 @@ mod tests {
         ] {
             assert_eq!(parse_deb_file_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn apt_failures_name_the_failed_fetch() {
+        let update = "E: Failed to fetch http://127.0.0.1:9/debian/dists/bookworm/InRelease  Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)\n\
+                      E: Failed to fetch http://127.0.0.1:9/debian-security/dists/bookworm-security/InRelease  Unable to connect to 127.0.0.1:9:\n\
+                      E: Some index files failed to download. They have been ignored, or old ones used instead.\n";
+        assert_eq!(
+            apt_reason(update).as_deref(),
+            Some("Failed to fetch http://127.0.0.1:9/debian/dists/bookworm/InRelease  Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)")
+        );
+        assert_eq!(
+            apt_reason("Reading package lists...\nE: Unable to locate package qemu-guest-agent\n")
+                .as_deref(),
+            Some("E: Unable to locate package qemu-guest-agent")
+        );
     }
 
     #[test]

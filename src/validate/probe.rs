@@ -158,6 +158,19 @@ fn judge(guest: Option<&GuestReport>, expect: &[ExpectIface]) -> (bool, Vec<Stri
     }
 }
 
+/// The agent's part of the outcome: what it answered when it was expected and asked.
+fn agent_verdict(expected: bool, answer: Option<AgentCheck>) -> AgentCheck {
+    match (expected, answer) {
+        (false, _) => AgentCheck::not_checked(),
+        (true, Some(answer)) => answer,
+        (true, None) => AgentCheck {
+            expected: true,
+            error: Some("not asked: the probe never reported".into()),
+            ..AgentCheck::default()
+        },
+    }
+}
+
 /// One disk, opened as the read-only backing file of an overlay in `dir`.
 fn overlay_for(
     image: &str,
@@ -379,15 +392,7 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         Ended::Interrupted => return Err(ValidateError::Interrupted { image }),
     }
     let (mut whole, mut problems) = judge(guest.as_ref(), &opts.expect_ifaces);
-    let agent = match (opts.expect_agent, run.agent.take()) {
-        (false, _) => AgentCheck::not_checked(),
-        (true, Some(answer)) => answer,
-        (true, None) => AgentCheck {
-            expected: true,
-            error: Some("not asked: the probe never reported".into()),
-            ..AgentCheck::default()
-        },
-    };
+    let agent = agent_verdict(opts.expect_agent, run.agent.take());
     if guest.is_some() {
         let console = fs::read(&spec.serial_log).unwrap_or_default();
         let stalls = boot_stalls(&String::from_utf8_lossy(&console));
@@ -504,6 +509,38 @@ mod tests {
             assert!(a.find("disk1").unwrap() < a.find("net0").unwrap());
         }
         assert!(bus_capacity(Bus::Sata) == 6 && bus_capacity(Bus::Lsi) == 7);
+    }
+
+    #[test]
+    fn the_agent_port_comes_last_and_only_when_expected() {
+        let without = two_by_two(Bus::Virtio, Firmware::Bios);
+        assert!(!without.contains("virtserialport"), "{without}");
+        let spec = GuestSpec {
+            accel: Accel::Tcg,
+            cpus: 1,
+            memory_mib: 512,
+            firmware: Firmware::Bios,
+            ovmf: None,
+            bus: Bus::Virtio,
+            disks: vec![PathBuf::from("/t/overlay0.qcow2")],
+            nics: vec![None],
+            serial_log: PathBuf::from("/t/console.log"),
+            agent_socket: Some(PathBuf::from("/t/a,b/qga.sock")),
+        };
+        let a: Vec<String> = qemu_args(&spec)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let tail = a[a.len() - 6..].join(" ");
+        assert_eq!(
+            tail,
+            "-device virtio-serial-pci,id=h2kserial \
+             -chardev socket,id=h2kqga,path=/t/a,,b/qga.sock,server=on,wait=off \
+             -device virtserialport,bus=h2kserial.0,chardev=h2kqga,name=org.qemu.guest_agent.0"
+        );
+        // The NIC keeps the slot it has without the port (its name depends on it).
+        let joined = a.join(" ");
+        assert!(joined.find("virtio-net-pci").unwrap() < joined.find("virtio-serial-pci").unwrap());
     }
 
     #[test]
@@ -734,6 +771,33 @@ mod tests {
         assert!(
             s.contains("ens3 10.0.2.15/24; default route via 10.0.2.2"),
             "{s}"
+        );
+        assert_eq!(
+            serde_json::to_value(&o.probe.agent).unwrap(),
+            serde_json::json!({"expected": false, "answered": false, "version": null,
+                               "error": "not checked (not expected)"})
+        );
+        let mut answered = o.clone();
+        answered.probe.agent = agent_verdict(
+            true,
+            Some(AgentCheck {
+                expected: true,
+                answered: true,
+                version: Some("7.2.19".into()),
+                error: None,
+            }),
+        );
+        assert!(
+            answered
+                .summary()
+                .ends_with("default route via 10.0.2.2; guest agent 7.2.19)"),
+            "{}",
+            answered.summary()
+        );
+        let never = agent_verdict(true, None);
+        assert_eq!(
+            never.problem().as_deref(),
+            Some("guest agent did not answer on org.qemu.guest_agent.0: not asked: the probe never reported")
         );
         let v = serde_json::to_value(&o).unwrap();
         assert_eq!(v["booted"], true);
