@@ -106,6 +106,15 @@ fn the_agent_installed_offline_answers_on_virtio_and_its_absence_is_not_whole() 
     );
     assert_eq!(json["probe"]["agent"]["expected"], true);
     assert_eq!(json["probe"]["agent"]["answered"], false);
+    // The probe says why: the unit does not exist in that guest.
+    assert_eq!(json["probe"]["guest"]["agent_unit"], "not-found", "{json}");
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .ends_with("(qemu-guest-agent.service in the guest: not-found)"),
+        "{problems:?}"
+    );
     let line = common::one_error_line(&run.stderr());
     assert!(line.contains(AGENT_PROBLEM), "{line}");
 
@@ -149,6 +158,7 @@ fn the_agent_installed_offline_answers_on_virtio_and_its_absence_is_not_whole() 
     );
     let agent = &json["probe"]["agent"];
     assert_eq!(agent["answered"], true, "{agent}");
+    assert_eq!(json["probe"]["guest"]["agent_unit"], "active", "{json}");
     let version = agent["version"].as_str().unwrap_or_default();
     assert!(version.starts_with("7.2"), "qemu-ga version: {agent}");
     assert!(run.stdout().contains("\"whole\": true"));

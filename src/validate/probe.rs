@@ -158,17 +158,28 @@ fn judge(guest: Option<&GuestReport>, expect: &[ExpectIface]) -> (bool, Vec<Stri
     }
 }
 
-/// The agent's part of the outcome: what it answered when it was expected and asked.
-fn agent_verdict(expected: bool, answer: Option<AgentCheck>) -> AgentCheck {
-    match (expected, answer) {
-        (false, _) => AgentCheck::not_checked(),
+/// The agent's part of the outcome: what it answered when it was expected and asked, with
+/// the state of its unit in the guest when it did not.
+fn agent_verdict(
+    expected: bool,
+    answer: Option<AgentCheck>,
+    guest: Option<&GuestReport>,
+) -> AgentCheck {
+    let mut check = match (expected, answer) {
+        (false, _) => return AgentCheck::not_checked(),
         (true, Some(answer)) => answer,
         (true, None) => AgentCheck {
             expected: true,
             error: Some("not asked: the probe never reported".into()),
             ..AgentCheck::default()
         },
+    };
+    let unit = guest.map_or("", |g| g.agent_unit.as_str());
+    if !check.answered && !unit.is_empty() {
+        let error = check.error.get_or_insert_with(|| "no reply".into());
+        error.push_str(&format!(" (qemu-guest-agent.service in the guest: {unit})"));
     }
+    check
 }
 
 /// One disk, opened as the read-only backing file of an overlay in `dir`.
@@ -392,7 +403,7 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         Ended::Interrupted => return Err(ValidateError::Interrupted { image }),
     }
     let (mut whole, mut problems) = judge(guest.as_ref(), &opts.expect_ifaces);
-    let agent = agent_verdict(opts.expect_agent, run.agent.take());
+    let agent = agent_verdict(opts.expect_agent, run.agent.take(), guest.as_ref());
     if guest.is_some() {
         let console = fs::read(&spec.serial_log).unwrap_or_default();
         let stalls = boot_stalls(&String::from_utf8_lossy(&console));
@@ -662,6 +673,7 @@ mod tests {
                 "cmdline",
                 "hostname",
                 "os",
+                "agent_unit",
                 "missing_tools",
             ] {
                 assert!(v.get(key).is_some(), "{shell}: no {key} in {json}");
@@ -786,6 +798,7 @@ mod tests {
                 version: Some("7.2.19".into()),
                 error: None,
             }),
+            Some(&guest()),
         );
         assert!(
             answered
@@ -794,10 +807,30 @@ mod tests {
             "{}",
             answered.summary()
         );
-        let never = agent_verdict(true, None);
+        let never = agent_verdict(true, None, None);
         assert_eq!(
             never.problem().as_deref(),
             Some("guest agent did not answer on org.qemu.guest_agent.0: not asked: the probe never reported")
+        );
+        let mut no_unit = guest();
+        no_unit.agent_unit = "not-found".into();
+        let silent = AgentCheck {
+            expected: true,
+            error: Some("no reply to guest-sync within 45 s".into()),
+            ..AgentCheck::default()
+        };
+        assert_eq!(
+            agent_verdict(true, Some(silent), Some(&no_unit))
+                .problem()
+                .as_deref(),
+            Some(
+                "guest agent did not answer on org.qemu.guest_agent.0: no reply to guest-sync \
+                 within 45 s (qemu-guest-agent.service in the guest: not-found)"
+            )
+        );
+        assert_eq!(
+            agent_verdict(false, None, Some(&no_unit)),
+            AgentCheck::not_checked()
         );
         let v = serde_json::to_value(&o).unwrap();
         assert_eq!(v["booted"], true);

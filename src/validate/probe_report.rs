@@ -94,6 +94,10 @@ pub struct GuestReport {
     /// PRETTY_NAME from /etc/os-release.
     #[serde(default)]
     pub os: String,
+    /// systemd's state of qemu-guest-agent.service: `not-found`, `active`, `inactive`, …
+    /// (empty without systemctl, or from an older probe).
+    #[serde(default)]
+    pub agent_unit: String,
     /// Tools the probe looked for and did not find (their checks are then best effort).
     #[serde(default)]
     pub missing_tools: Vec<String>,
