@@ -139,6 +139,10 @@ pub(crate) fn watch_guest(
     goal: Goal,
 ) -> Result<Run, ValidateError> {
     File::create(&spec.serial_log).map_err(io_err(spec.serial_log.display()))?;
+    if let Some(socket) = &spec.agent_socket {
+        // A run retried under TCG must not find the first QEMU's socket.
+        let _ = fs::remove_file(socket);
+    }
     let stderr = File::create(stderr_path).map_err(io_err(stderr_path.display()))?;
     // The process module gives QEMU its own process group (a terminal's Ctrl-C reaches us,
     // and we stop QEMU), the parent-death signal, and the kill on every path out of here.
@@ -289,7 +293,12 @@ pub(crate) fn watch_guest(
     let agent = match (&ended, &spec.agent_socket) {
         (Ended::Probe { .. }, Some(socket)) => {
             log::info!("{image}: the probe reported; asking the guest agent on {AGENT_PORT}");
-            Some(query_agent(socket, AGENT_DEADLINE, cancel))
+            let check = query_agent(socket, AGENT_DEADLINE, cancel);
+            match (&check.version, &check.error) {
+                (Some(v), _) => log::info!("{image}: guest agent {v} answered"),
+                (_, e) => log::info!("{image}: no guest agent: {}", e.as_deref().unwrap_or("?")),
+            }
+            Some(check)
         }
         _ => None,
     };
