@@ -593,6 +593,16 @@ impl Guestfs {
         self.check(CALL, rc).map(drop)
     }
 
+    /// Copy a host file into the guest (streamed; no message-size limit).
+    pub fn upload(&self, local: &std::path::Path, remote: &str) -> Result<()> {
+        const CALL: &str = "guestfs_upload";
+        let l = cstring(CALL, &local.to_string_lossy())?;
+        let r = cstring(CALL, remote)?;
+        // SAFETY: valid handle and arguments.
+        let rc = unsafe { sys::guestfs_upload(self.handle, l.as_ptr(), r.as_ptr()) };
+        self.check(CALL, rc).map(drop)
+    }
+
     /// File contents as text (lossy UTF-8).
     pub fn read_to_string(&self, path: &str) -> Result<String> {
         self.read_file(path)

@@ -104,7 +104,9 @@ enum Commands {
     /// present and up (with its address when one is given); at least one non-loopback
     /// interface up with an IPv4 address, and a default route; every /etc/fstab file system
     /// (not noauto) mounted; every /etc/fstab swap (not noauto) active; no failed unit;
-    /// `systemctl is-system-running` says running. The exit status is non-zero otherwise.
+    /// `systemctl is-system-running` says running; with --expect-agent, the QEMU guest agent
+    /// answers guest-sync, guest-info and guest-ping on org.qemu.guest_agent.0. The exit
+    /// status is non-zero otherwise.
     Validate {
         /// Disk image (qcow2, vmdk, raw, vhd, vhdx, vdi) or an nbd:// URI; never written.
         image: String,
@@ -147,6 +149,10 @@ enum Commands {
             requires = "probe"
         )]
         expect_ifaces: Vec<h2k_guest::validate::ExpectIface>,
+        /// The QEMU guest agent must answer on its virtio-serial port org.qemu.guest_agent.0
+        /// (the guest is not whole otherwise).
+        #[arg(long, requires = "probe")]
+        expect_agent: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -212,6 +218,12 @@ struct FixArgs {
     /// Remove VMware Tools (open-vm-tools) from the guest.
     #[arg(long)]
     remove_vmware_tools: bool,
+    /// Install qemu-guest-agent offline: fetched for the guest's release by the host's apt
+    /// (Debian 11, 12, 13 on amd64; others are refused before anything is written) and
+    /// installed with the guest's own dpkg. H2K_DEBIAN_MIRROR / H2K_DEBIAN_SECURITY choose
+    /// the mirrors. With --boot-check the agent must then answer.
+    #[arg(long)]
+    install_guest_agent: bool,
     /// Network continuity: keep-names pins each interface name the guest configures to its
     /// KVM NIC with a systemd .link file; rename rewrites the configuration to the names given
     /// with --nic (or nics[].target_name); leave changes nothing and warns about lost names.
@@ -325,6 +337,7 @@ fn run(cli: Cli) -> Result<()> {
             disks,
             macs,
             expect_ifaces,
+            expect_agent,
             json,
         } => {
             use h2k_guest::validate;
@@ -355,6 +368,7 @@ fn run(cli: Cli) -> Result<()> {
                     extra_disks: disks,
                     nics: macs.into_iter().map(Some).collect(),
                     expect_ifaces,
+                    expect_agent,
                 })?;
                 if json {
                     outln!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -437,6 +451,7 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
     plan.fix.initramfs &= !args.no_initramfs;
     plan.fix.force_initramfs |= args.force_initramfs;
     plan.fix.remove_vmware_tools |= args.remove_vmware_tools;
+    plan.fix.guest_agent |= args.install_guest_agent;
     plan.fix.network_cleanup &= !args.no_network_cleanup;
     if let Some(mode) = &args.network {
         plan.fix.network = mode.parse().map_err(anyhow::Error::msg)?;
@@ -551,12 +566,17 @@ fn describe_plan(plan: &Plan) -> String {
         );
     }
     o += &format!(
-        "  fix: {} (fstab {:?}, grub {}, initramfs {}, vmware-tools removal {})\n",
+        "  fix: {} (fstab {:?}, grub {}, initramfs {}, vmware-tools removal {}{})\n",
         plan.fix.enabled,
         plan.fix.fstab_mode,
         plan.fix.update_grub,
         plan.fix.initramfs,
-        plan.fix.remove_vmware_tools
+        plan.fix.remove_vmware_tools,
+        if plan.fix.guest_agent {
+            ", guest agent install"
+        } else {
+            ""
+        }
     );
     o += &format!("  network: {}", plan.fix.network.as_str());
     for n in &plan.fix.nics {

@@ -296,6 +296,7 @@ fn run_stages(
             os: &os,
             disk_count: overlays.len(),
             backup: plan.fix.backup,
+            work_dir: workdir.path(),
         };
         let mut warnings = Vec::new();
         let records = fix::apply_all(&guest, &plan.fix, &mut warnings)?;
@@ -331,6 +332,15 @@ fn run_stages(
     }
     drop(workdir);
     Ok(())
+}
+
+/// Whether `--install-guest-agent` put the agent in (or found it there): the boot check then
+/// expects it to answer.
+fn agent_installed(report: &Report) -> bool {
+    report
+        .fixes
+        .iter()
+        .any(|f| f.name == fix::guest_agent::STEP && f.status != fix::FixStatus::Skipped)
 }
 
 /// `create_dir_all` that records each directory it had to make (outermost first).
@@ -612,6 +622,8 @@ fn validate_outputs(
             .map(|n| n.target_mac.clone().or_else(|| n.mac.clone()))
             .collect(),
             expect_ifaces: plan.validate.expect_ifaces.clone(),
+            // An agent this run installed must answer.
+            expect_agent: agent_installed(report),
         };
         let outcome = crate::validate::probe_check(&probe)
             .map_err(|e| PipelineError::Validate(e.to_string()))?;

@@ -131,6 +131,9 @@ pub struct FixPlan {
     /// Rebuild the initramfs even when virtio drivers are already present.
     pub force_initramfs: bool,
     pub remove_vmware_tools: bool,
+    /// Install qemu-guest-agent offline (Debian 11/12/13: fetched on the host, installed with
+    /// the guest's dpkg).
+    pub guest_agent: bool,
     /// Network continuity on (false = `--no-network-cleanup`, the same as [`NetworkMode::Leave`]).
     pub network_cleanup: bool,
     /// How the interfaces the guest configures meet the KVM NICs.
@@ -153,6 +156,7 @@ impl Default for FixPlan {
             initramfs: true,
             force_initramfs: false,
             remove_vmware_tools: false,
+            guest_agent: false,
             network_cleanup: true,
             network: NetworkMode::KeepNames,
             nics: Vec::new(),

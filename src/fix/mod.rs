@@ -9,6 +9,8 @@ pub mod fstab;
 pub mod fstab_apply;
 pub mod grub;
 pub mod grub_apply;
+pub mod guest_agent;
+pub mod guest_agent_fetch;
 pub mod initramfs;
 pub mod initramfs_conf_apply;
 pub mod initramfs_verify;
@@ -23,6 +25,7 @@ pub mod text;
 pub mod uefi_fallback;
 pub mod vmware_tools;
 
+use std::path::Path;
 use std::time::Instant;
 
 use crate::guestfs::{Guestfs, GuestfsError};
@@ -44,6 +47,12 @@ pub enum FixError {
     },
     #[error("{step}: {message}")]
     Failed { step: &'static str, message: String },
+    #[error("{step}: dpkg -i in the guest exited with {status}: {last_lines}")]
+    Dpkg {
+        step: &'static str,
+        status: String,
+        last_lines: String,
+    },
 }
 
 /// What every fix step gets: the appliance, what inspection found, and job-wide choices.
@@ -54,6 +63,8 @@ pub struct Guest<'a> {
     pub disk_count: usize,
     /// Keep `PATH.h2k-orig` next to every changed file.
     pub backup: bool,
+    /// The job's private work directory on the host (downloads for the guest go there).
+    pub work_dir: &'a Path,
 }
 
 impl Guest<'_> {
@@ -238,6 +249,12 @@ pub fn apply_all(
         records.push(skipped("fix", "fix stage disabled"));
         return Ok(records);
     }
+    // Refused or fetched before the first write: a guest that cannot be served is not touched.
+    let guest_agent = if plan.guest_agent {
+        Some(guest_agent::prepare(guest)?)
+    } else {
+        None
+    };
     records.push(fstab_apply::run(guest, plan.fstab_mode, warnings)?);
     // Before the rebuild: the initramfs carries the resume device it waits for.
     let resume = resume_apply::run(guest, warnings)?;
@@ -249,6 +266,11 @@ pub fn apply_all(
     // must not be undone by stale copies in the initramfs.
     let network_changed = network.status == FixStatus::Changed;
     records.push(network);
+    // Before the rebuild: the agent's package triggers run, and the image is made last.
+    records.push(match &guest_agent {
+        Some(prepared) => guest_agent::install(guest, prepared)?,
+        None => skipped(guest_agent::STEP, "not requested"),
+    });
     if plan.initramfs {
         records.push(initramfs::run(
             guest,

@@ -67,6 +67,7 @@ pub(super) const ARTIFACT_FIX_KEYS: &[&str] = &[
     "network_cleanup",
     "network_mode",
     "trim",
+    "install_guest_agent",
 ];
 pub(super) const ARTIFACT_NIC_KEYS: &[&str] =
     &["id", "mac", "network", "target_mac", "target_name"];
@@ -415,6 +416,7 @@ pub(super) fn artifact_fix(f: &Obj, fix: &mut FixPlan) -> Res<()> {
         fix.network = mode;
     }
     f.set_bool("trim", &mut fix.trim)?;
+    f.set_bool("install_guest_agent", &mut fix.guest_agent)?;
     Ok(())
 }
 

@@ -946,6 +946,32 @@ options: {{dry_run: false, verbose: 1}}
     }
 
     #[test]
+    fn install_guest_agent_is_read_in_both_dialects() {
+        let fx = Fixture::new();
+        assert!(!fx.parse("s.json", &fx.seed()).unwrap().fix.guest_agent);
+        let seed = edit(
+            &fx.seed(),
+            r#""initramfs": {"enabled": true, "regenerate": true}"#,
+            r#""initramfs": {"enabled": true, "regenerate": true}, "install_guest_agent": true"#,
+        );
+        let plan = fx.parse("s.json", &seed).unwrap();
+        assert!(plan.fix.guest_agent && plan.warnings.is_empty(), "{plan:?}");
+        let artifact = edit(
+            &fx.artifact(),
+            r#""remove_vmware_tools": true}"#,
+            r#""remove_vmware_tools": true, "install_guest_agent": true}"#,
+        );
+        let plan = fx.parse("a.json", &artifact).unwrap();
+        assert!(plan.fix.guest_agent && plan.warnings.is_empty(), "{plan:?}");
+        let bad = edit(
+            &fx.artifact(),
+            r#""remove_vmware_tools": true}"#,
+            r#""remove_vmware_tools": true, "install_guest_agent": "yes"}"#,
+        );
+        assert!(fx.parse("a.json", &bad).is_err());
+    }
+
+    #[test]
     fn artifact_fix_extensions_and_disabled_stages() {
         let fx = Fixture::new();
         let text = edit(

@@ -19,6 +19,7 @@ pub(super) const SEED_FIX_KEYS: &[&str] = &[
     "vmware_tools",
     "trim",
     "backup",
+    "install_guest_agent",
 ];
 pub(super) const SEED_CONVERT_KEYS: &[&str] = &[
     "enabled",
@@ -196,5 +197,6 @@ pub(super) fn seed_fix(obj: Option<Obj>, w: &mut Vec<String>) -> Res<FixPlan> {
         }
     }
     f.set_bool("backup", &mut fix.backup)?;
+    f.set_bool("install_guest_agent", &mut fix.guest_agent)?;
     Ok(fix)
 }

@@ -64,6 +64,9 @@ pub(crate) struct Run {
     pub(crate) last_lines: Vec<String>,
     /// The login prompt and when it came (a probe run goes on past it).
     pub(crate) login: Option<(String, f64)>,
+    /// The guest agent's answer, asked after the probe's line while QEMU still runs (only
+    /// when the spec has its socket).
+    pub(crate) agent: Option<AgentCheck>,
 }
 
 pub(crate) fn failure(
@@ -136,6 +139,10 @@ pub(crate) fn watch_guest(
     goal: Goal,
 ) -> Result<Run, ValidateError> {
     File::create(&spec.serial_log).map_err(io_err(spec.serial_log.display()))?;
+    if let Some(socket) = &spec.agent_socket {
+        // A run retried under TCG must not find the first QEMU's socket.
+        let _ = fs::remove_file(socket);
+    }
     let stderr = File::create(stderr_path).map_err(io_err(stderr_path.display()))?;
     // The process module gives QEMU its own process group (a terminal's Ctrl-C reaches us,
     // and we stop QEMU), the parent-death signal, and the kill on every path out of here.
@@ -283,12 +290,25 @@ pub(crate) fn watch_guest(
         }
         std::thread::sleep(POLL);
     };
+    let agent = match (&ended, &spec.agent_socket) {
+        (Ended::Probe { .. }, Some(socket)) => {
+            log::info!("{image}: the probe reported; asking the guest agent on {AGENT_PORT}");
+            let check = query_agent(socket, AGENT_DEADLINE, cancel);
+            match (&check.version, &check.error) {
+                (Some(v), _) => log::info!("{image}: guest agent {v} answered"),
+                (_, e) => log::info!("{image}: no guest agent: {}", e.as_deref().unwrap_or("?")),
+            }
+            Some(check)
+        }
+        _ => None,
+    };
     drop(qemu_proc);
     Ok(Run {
         ended,
         stage: console.stage(),
         last_lines: console.last_lines(LAST_LINES),
         login,
+        agent,
     })
 }
 
@@ -381,6 +401,7 @@ pub(crate) fn guest_spec(
         disks,
         nics,
         serial_log,
+        agent_socket: None,
     };
     (spec, resolved.reason)
 }

@@ -42,6 +42,7 @@ mod boot;
 mod check;
 mod console;
 mod firmware;
+mod guest_agent;
 mod probe;
 mod probe_report;
 mod qemu;
@@ -51,6 +52,7 @@ pub use boot::*;
 pub use check::*;
 pub use console::*;
 pub use firmware::*;
+pub use guest_agent::*;
 pub use probe::*;
 pub use probe_report::*;
 pub use qemu::*;
@@ -733,6 +735,7 @@ mod tests {
             disks: vec![PathBuf::from("/tmp/v/overlay.qcow2")],
             nics: Vec::new(),
             serial_log: PathBuf::from("/tmp/v/console.log"),
+            agent_socket: None,
         }
     }
 

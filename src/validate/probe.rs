@@ -44,6 +44,8 @@ pub struct ProbeOptions {
     /// One NIC each, with this MAC or QEMU's default; empty: one NIC with QEMU's default.
     pub nics: Vec<Option<String>>,
     pub expect_ifaces: Vec<ExpectIface>,
+    /// The QEMU guest agent must answer on its virtio-serial port (which is attached only then).
+    pub expect_agent: bool,
 }
 
 /// The probe's part of a [`ProbeOutcome`].
@@ -65,6 +67,8 @@ pub struct ProbeResult {
     /// What "whole" means.
     pub whole_means: Vec<String>,
     pub expect_ifaces: Vec<ExpectIface>,
+    /// The guest agent's handshake (only tried when expected).
+    pub agent: AgentCheck,
     /// The guest's own report (None when the probe never ran).
     pub guest: Option<GuestReport>,
 }
@@ -107,9 +111,13 @@ impl ProbeOutcome {
                 .filter(|i| !i.is_loopback() && i.is_up() && !i.ipv4.is_empty())
                 .map(|i| format!("{} {}", i.name, i.ipv4.join(" ")))
                 .collect();
+            let agent = match &p.agent.version {
+                Some(v) if p.agent.answered => format!("; guest agent {v}"),
+                _ => String::new(),
+            };
             return format!(
                 "{}{disks}: whole on {how} after {:.1} s (multi-user at {}; {} mounts, {} swaps; \
-                 {}; default route via {})",
+                 {}; default route via {}{agent})",
                 b.image,
                 p.seconds_to_probe.unwrap_or(b.seconds),
                 guest
@@ -148,6 +156,30 @@ fn judge(guest: Option<&GuestReport>, expect: &[ExpectIface]) -> (bool, Vec<Stri
         }
         None => (false, vec!["the probe never reported".to_string()]),
     }
+}
+
+/// The agent's part of the outcome: what it answered when it was expected and asked, with
+/// the state of its unit in the guest when it did not.
+fn agent_verdict(
+    expected: bool,
+    answer: Option<AgentCheck>,
+    guest: Option<&GuestReport>,
+) -> AgentCheck {
+    let mut check = match (expected, answer) {
+        (false, _) => return AgentCheck::not_checked(),
+        (true, Some(answer)) => answer,
+        (true, None) => AgentCheck {
+            expected: true,
+            error: Some("not asked: the probe never reported".into()),
+            ..AgentCheck::default()
+        },
+    };
+    let unit = guest.map_or("", |g| g.agent_unit.as_str());
+    if !check.answered && !unit.is_empty() {
+        let error = check.error.get_or_insert_with(|| "no reply".into());
+        error.push_str(&format!(" (qemu-guest-agent.service in the guest: {unit})"));
+    }
+    check
 }
 
 /// One disk, opened as the read-only backing file of an overlay in `dir`.
@@ -328,6 +360,9 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         opts.nics.clone(),
         tmp.path(),
     );
+    if opts.expect_agent {
+        spec.agent_socket = Some(tmp.path().join("qga.sock"));
+    }
     log::info!(
         "{image}: booting {disk_count} disk(s) with {} NIC(s) on bus {} ({}: {firmware_reason}; \
          {}: {accel_reason}); waiting up to {} s for the probe",
@@ -377,11 +412,16 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
         Ended::Interrupted => return Err(ValidateError::Interrupted { image }),
     }
     let (mut whole, mut problems) = judge(guest.as_ref(), &opts.expect_ifaces);
+    let agent = agent_verdict(opts.expect_agent, run.agent.take(), guest.as_ref());
     if guest.is_some() {
         let console = fs::read(&spec.serial_log).unwrap_or_default();
         let stalls = boot_stalls(&String::from_utf8_lossy(&console));
         whole &= stalls.is_empty();
         problems.extend(stalls);
+    }
+    if let Some(problem) = agent.problem().filter(|_| guest.is_some()) {
+        whole = false;
+        problems.push(problem);
     }
     if !whole && boot.console_log.is_none() {
         boot.console_log = keep_console_log(&spec.serial_log, &image, bopts.bus);
@@ -399,6 +439,7 @@ pub fn probe_check(opts: &ProbeOptions) -> Result<ProbeOutcome, ValidateError> {
             problems,
             whole_means: WHOLE_MEANS.iter().map(|s| s.to_string()).collect(),
             expect_ifaces: opts.expect_ifaces.clone(),
+            agent,
             guest,
         },
     })
@@ -424,6 +465,7 @@ mod tests {
             ],
             nics: vec![Some("00:50:56:ab:cd:ef".into()), None],
             serial_log: PathBuf::from("/t/console.log"),
+            agent_socket: None,
         };
         qemu_args(&spec)
             .iter()
@@ -487,6 +529,38 @@ mod tests {
             assert!(a.find("disk1").unwrap() < a.find("net0").unwrap());
         }
         assert!(bus_capacity(Bus::Sata) == 6 && bus_capacity(Bus::Lsi) == 7);
+    }
+
+    #[test]
+    fn the_agent_port_comes_last_and_only_when_expected() {
+        let without = two_by_two(Bus::Virtio, Firmware::Bios);
+        assert!(!without.contains("virtserialport"), "{without}");
+        let spec = GuestSpec {
+            accel: Accel::Tcg,
+            cpus: 1,
+            memory_mib: 512,
+            firmware: Firmware::Bios,
+            ovmf: None,
+            bus: Bus::Virtio,
+            disks: vec![PathBuf::from("/t/overlay0.qcow2")],
+            nics: vec![None],
+            serial_log: PathBuf::from("/t/console.log"),
+            agent_socket: Some(PathBuf::from("/t/a,b/qga.sock")),
+        };
+        let a: Vec<String> = qemu_args(&spec)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let tail = a[a.len() - 6..].join(" ");
+        assert_eq!(
+            tail,
+            "-device virtio-serial-pci,id=h2kserial \
+             -chardev socket,id=h2kqga,path=/t/a,,b/qga.sock,server=on,wait=off \
+             -device virtserialport,bus=h2kserial.0,chardev=h2kqga,name=org.qemu.guest_agent.0"
+        );
+        // The NIC keeps the slot it has without the port (its name depends on it).
+        let joined = a.join(" ");
+        assert!(joined.find("virtio-net-pci").unwrap() < joined.find("virtio-serial-pci").unwrap());
     }
 
     #[test]
@@ -608,6 +682,7 @@ mod tests {
                 "cmdline",
                 "hostname",
                 "os",
+                "agent_unit",
                 "missing_tools",
             ] {
                 assert!(v.get(key).is_some(), "{shell}: no {key} in {json}");
@@ -677,6 +752,7 @@ mod tests {
                 problems,
                 whole_means: WHOLE_MEANS.iter().map(|s| s.to_string()).collect(),
                 expect_ifaces: vec![],
+                agent: AgentCheck::not_checked(),
                 guest,
             },
         }
@@ -716,6 +792,54 @@ mod tests {
         assert!(
             s.contains("ens3 10.0.2.15/24; default route via 10.0.2.2"),
             "{s}"
+        );
+        assert_eq!(
+            serde_json::to_value(&o.probe.agent).unwrap(),
+            serde_json::json!({"expected": false, "answered": false, "version": null,
+                               "error": "not checked (not expected)"})
+        );
+        let mut answered = o.clone();
+        answered.probe.agent = agent_verdict(
+            true,
+            Some(AgentCheck {
+                expected: true,
+                answered: true,
+                version: Some("7.2.19".into()),
+                error: None,
+            }),
+            Some(&guest()),
+        );
+        assert!(
+            answered
+                .summary()
+                .ends_with("default route via 10.0.2.2; guest agent 7.2.19)"),
+            "{}",
+            answered.summary()
+        );
+        let never = agent_verdict(true, None, None);
+        assert_eq!(
+            never.problem().as_deref(),
+            Some("guest agent did not answer on org.qemu.guest_agent.0: not asked: the probe never reported")
+        );
+        let mut no_unit = guest();
+        no_unit.agent_unit = "not-found".into();
+        let silent = AgentCheck {
+            expected: true,
+            error: Some("no reply to guest-sync within 45 s".into()),
+            ..AgentCheck::default()
+        };
+        assert_eq!(
+            agent_verdict(true, Some(silent), Some(&no_unit))
+                .problem()
+                .as_deref(),
+            Some(
+                "guest agent did not answer on org.qemu.guest_agent.0: no reply to guest-sync \
+                 within 45 s (qemu-guest-agent.service in the guest: not-found)"
+            )
+        );
+        assert_eq!(
+            agent_verdict(false, None, Some(&no_unit)),
+            AgentCheck::not_checked()
         );
         let v = serde_json::to_value(&o).unwrap();
         assert_eq!(v["booted"], true);
@@ -812,6 +936,7 @@ mod run_tests {
             disks: vec![dir.join("overlay0.qcow2")],
             nics: vec![],
             serial_log: dir.join("console.log"),
+            agent_socket: None,
         }
     }
 

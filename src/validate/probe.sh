@@ -295,10 +295,19 @@ uptime=$(cat /proc/uptime 2>/dev/null)
 uptime=${uptime%% *}
 case $uptime in '' | *[!0-9.]*) uptime=null ;; esac
 
+# The guest agent's unit (the host asks the agent itself on its virtio-serial port; this says
+# why it may not answer): not-found, active, activating, inactive, failed, ...
+agent_unit=
+if have systemctl; then
+    agent_unit=$(systemctl show -p LoadState --value qemu-guest-agent.service 2>/dev/null)
+    [ "$agent_unit" = loaded ] &&
+        agent_unit=$(systemctl show -p ActiveState --value qemu-guest-agent.service 2>/dev/null)
+fi
+
 tools=
 for tool in $missing; do append tools "$(jstr "$tool")"; done
 
-json="{\"probe_version\":1,\"multi_user\":$multi_user,\"multi_user_seconds\":$multi_user_seconds,\"uptime_seconds\":$uptime,\"system_state\":$(jstr "$state"),\"waited_seconds\":$waited,\"network_waited_seconds\":$net_waited,\"failed_units\":[$failed],\"failed_unit_logs\":[$failed_logs],\"mounts\":[$mounts],\"swaps\":[$swaps],\"active_swaps\":[$active_swaps],\"interfaces\":[$ifaces],\"default_route\":$route4,\"default_route6\":$route6,\"cmdline\":$(jstr "$cmdline"),\"hostname\":$(jstr "$hostname"),\"os\":$(jstr "$os"),\"missing_tools\":[$tools]}"
+json="{\"probe_version\":1,\"multi_user\":$multi_user,\"multi_user_seconds\":$multi_user_seconds,\"uptime_seconds\":$uptime,\"system_state\":$(jstr "$state"),\"waited_seconds\":$waited,\"network_waited_seconds\":$net_waited,\"failed_units\":[$failed],\"failed_unit_logs\":[$failed_logs],\"mounts\":[$mounts],\"swaps\":[$swaps],\"active_swaps\":[$active_swaps],\"interfaces\":[$ifaces],\"default_route\":$route4,\"default_route6\":$route6,\"cmdline\":$(jstr "$cmdline"),\"hostname\":$(jstr "$hostname"),\"os\":$(jstr "$os"),\"agent_unit\":$(jstr "$agent_unit"),\"missing_tools\":[$tools]}"
 # The byte count lets the reader reject a copy something cut into (LC_ALL=C: bytes).
 line="H2K-PROBE ${#json} $json"
 

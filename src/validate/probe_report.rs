@@ -12,7 +12,7 @@ pub const PROBE_PREFIX: &str = "H2K-PROBE ";
 const MAX_PROBE_LINE: usize = 1024 * 1024;
 
 /// What counts as "whole", in the order the problems are listed (also in `--help`).
-pub const WHOLE_MEANS: [&str; 8] = [
+pub const WHOLE_MEANS: [&str; 9] = [
     "multi-user.target reached",
     "every --expect-iface interface present and up, with its address when one is given",
     "at least one non-loopback interface up with an IPv4 address, and a default route",
@@ -21,6 +21,7 @@ pub const WHOLE_MEANS: [&str; 8] = [
     "no failed unit",
     "`systemctl is-system-running` says running",
     "no boot stall on the serial console (the initramfs giving up on a resume or root device, a systemd job timing out on a device)",
+    "with --expect-agent (or an agent installed by this run): the QEMU guest agent answers guest-sync, guest-info and guest-ping on org.qemu.guest_agent.0",
 ];
 
 /// Console lines that mean the boot waited for something that never came: the guest still
@@ -96,6 +97,10 @@ pub struct GuestReport {
     /// PRETTY_NAME from /etc/os-release.
     #[serde(default)]
     pub os: String,
+    /// systemd's state of qemu-guest-agent.service: `not-found`, `active`, `inactive`, …
+    /// (empty without systemctl, or from an older probe).
+    #[serde(default)]
+    pub agent_unit: String,
     /// Tools the probe looked for and did not find (their checks are then best effort).
     #[serde(default)]
     pub missing_tools: Vec<String>,

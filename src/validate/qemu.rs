@@ -22,6 +22,9 @@ pub struct GuestSpec {
     /// default; none means one NIC with QEMU's default MAC.
     pub nics: Vec<Option<String>>,
     pub serial_log: PathBuf,
+    /// The unix socket QEMU serves the guest agent's virtio-serial port on (probe runs that
+    /// expect the agent); None: no such port.
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// How many disks a controller takes here (q35's AHCI has six ports, the LSI 53C895A seven
@@ -182,5 +185,22 @@ pub fn qemu_args(spec: &GuestSpec) -> Vec<OsString> {
     let mut serial = OsString::from("file:");
     serial.push(&spec.serial_log);
     a.push(serial);
+    if let Some(socket) = &spec.agent_socket {
+        // Last on the command line: the disks and NICs keep the PCI slots (and so the
+        // interface names) they have without it.
+        for s in [
+            "-device".to_string(),
+            "virtio-serial-pci,id=h2kserial".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=h2kqga,path={},server=on,wait=off",
+                opt_path(socket)
+            ),
+            "-device".into(),
+            format!("virtserialport,bus=h2kserial.0,chardev=h2kqga,name={AGENT_PORT}"),
+        ] {
+            a.push(s.into());
+        }
+    }
     a
 }
