@@ -1,0 +1,180 @@
+//! Photon's kernel command line (pure): what goes into `photon_cmdline` / `user_cmdline`.
+//!
+//! The installer's grub.cfg boots `linux … root=$rootpartition $photon_cmdline
+//! $systemd_cmdline … $user_cmdline`, and the kernel takes the last `root=`. grub.cfg itself is
+//! never rewritten; a `root=`/`resume=` naming a VMware-era device in the env blocks becomes
+//! `UUID=` ([`crate::fix::grub::rewrite_cmdline`]), and an unstable `set rootpartition=` in
+//! grub.cfg is overridden by a `root=UUID=…` appended to `photon_cmdline`.
+
+use crate::devices::is_unstable_device;
+use crate::fix::grub::{rewrite_cmdline, unstable_root, Resolve};
+
+/// The new command line, what changed (`(old, new)`, new "" when removed) and what was left.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CmdlineFix {
+    pub text: String,
+    pub changes: Vec<(String, String)>,
+    pub warnings: Vec<String>,
+}
+
+fn has_root(cmdline: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .any(|w| w.trim_matches(['"', '\'']).starts_with("root="))
+}
+
+/// `variable`'s value made stable; `root_partition` is grub.cfg's `set rootpartition=`, given
+/// for `photon_cmdline` (which follows it on the kernel line) and None for the others.
+pub fn fix_cmdline(
+    variable: &str,
+    cmdline: &str,
+    root_partition: Option<&str>,
+    resolve: &dyn Resolve,
+) -> CmdlineFix {
+    let (mut text, mut changes) = rewrite_cmdline(cmdline, resolve);
+    let mut warnings = Vec::new();
+    for (old, new) in &changes {
+        if new.is_empty() {
+            warnings.push(format!(
+                "{variable}: {old} names no swap area that exists on KVM; removed (no resume from hibernation)"
+            ));
+        }
+    }
+    if let Some(dev) = unstable_root(&text) {
+        warnings.push(format!(
+            "{variable}: no UUID known for root={dev}; left unchanged, the device may not exist on KVM"
+        ));
+    }
+    if let Some(rp) = root_partition.filter(|rp| is_unstable_device(rp)) {
+        if !has_root(&text) {
+            match resolve.uuid(rp) {
+                Some(uuid) => {
+                    let new = format!("root=UUID={uuid}");
+                    if !text.is_empty() && !text.ends_with([' ', '\t']) {
+                        text.push(' ');
+                    }
+                    text.push_str(&new);
+                    changes.push((format!("rootpartition={rp} (grub.cfg)"), new));
+                }
+                None => warnings.push(format!(
+                    "grub.cfg: set rootpartition={rp} and no UUID known for it; the root device may not exist on KVM"
+                )),
+            }
+        }
+    }
+    CmdlineFix {
+        text,
+        changes,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "0b9e4e0c-5a8c-4a5e-8f0e-3c8d1b2a7f11";
+    const SWAP: &str = "5c1d7e2f-1111-4222-8333-944455566677";
+
+    struct Disks;
+    impl Resolve for Disks {
+        fn uuid(&self, device: &str) -> Option<String> {
+            (device == "/dev/sda3").then(|| UUID.to_string())
+        }
+        fn swap_uuid(&self, device: &str) -> Option<String> {
+            (device == "/dev/sda2").then(|| SWAP.to_string())
+        }
+    }
+
+    const PHOTON: &str = "init=/lib/systemd/systemd ro loglevel=3 quiet no-vmw-sta";
+
+    #[test]
+    fn the_installer_cmdline_needs_nothing() {
+        let f = fix_cmdline(
+            "photon_cmdline",
+            PHOTON,
+            Some("PARTUUID=8a1c6d2e-0d4f-4b7e-9c51-2f1e4b9b7a10"),
+            &Disks,
+        );
+        assert_eq!(f.text, PHOTON);
+        assert!(f.changes.is_empty() && f.warnings.is_empty());
+        let none = fix_cmdline("photon_cmdline", PHOTON, None, &Disks);
+        assert_eq!(none.text, PHOTON);
+    }
+
+    #[test]
+    fn device_names_become_uuids_and_partuuid_stays() {
+        let f = fix_cmdline(
+            "photon_cmdline",
+            &format!("{PHOTON} root=/dev/sda3 resume=/dev/sda2"),
+            Some("PARTUUID=x"),
+            &Disks,
+        );
+        assert_eq!(
+            f.text,
+            format!("{PHOTON} root=UUID={UUID} resume=UUID={SWAP}")
+        );
+        assert_eq!(f.changes.len(), 2);
+        let kept = fix_cmdline("photon_cmdline", "root=PARTUUID=abc ro", None, &Disks);
+        assert_eq!(kept.text, "root=PARTUUID=abc ro");
+        assert!(kept.changes.is_empty());
+    }
+
+    #[test]
+    fn an_unstable_rootpartition_is_overridden_from_the_env_block() {
+        let f = fix_cmdline("photon_cmdline", PHOTON, Some("/dev/sda3"), &Disks);
+        assert_eq!(f.text, format!("{PHOTON} root=UUID={UUID}"));
+        assert_eq!(
+            f.changes,
+            vec![(
+                "rootpartition=/dev/sda3 (grub.cfg)".to_string(),
+                format!("root=UUID={UUID}")
+            )]
+        );
+        let again = fix_cmdline("photon_cmdline", &f.text, Some("/dev/sda3"), &Disks);
+        assert_eq!(again.text, f.text, "idempotent");
+        assert!(again.changes.is_empty());
+        let empty = fix_cmdline("photon_cmdline", "", Some("/dev/sda3"), &Disks);
+        assert_eq!(empty.text, format!("root=UUID={UUID}"));
+    }
+
+    #[test]
+    fn a_root_on_the_cmdline_already_wins_over_rootpartition() {
+        let f = fix_cmdline(
+            "photon_cmdline",
+            "ro root=LABEL=photon",
+            Some("/dev/sda3"),
+            &Disks,
+        );
+        assert_eq!(f.text, "ro root=LABEL=photon");
+        assert!(f.changes.is_empty());
+    }
+
+    #[test]
+    fn what_cannot_be_resolved_is_left_with_a_warning() {
+        let f = fix_cmdline(
+            "photon_cmdline",
+            "root=/dev/sdq1",
+            Some("/dev/sdq1"),
+            &Disks,
+        );
+        assert_eq!(f.text, "root=/dev/sdq1");
+        assert!(f.changes.is_empty());
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        assert!(f.warnings[0].contains("root=/dev/sdq1"));
+        let rp = fix_cmdline("photon_cmdline", "ro", Some("/dev/sdq1"), &Disks);
+        assert_eq!(rp.text, "ro");
+        assert!(rp.warnings[0].starts_with("grub.cfg: set rootpartition=/dev/sdq1"));
+    }
+
+    #[test]
+    fn a_resume_without_swap_is_removed_with_a_warning() {
+        let f = fix_cmdline("user_cmdline", "resume=/dev/sdb1 quiet", None, &Disks);
+        assert_eq!(f.text, "quiet");
+        assert_eq!(
+            f.changes,
+            vec![("resume=/dev/sdb1".to_string(), String::new())]
+        );
+        assert!(f.warnings[0].starts_with("user_cmdline: resume=/dev/sdb1"));
+    }
+}
