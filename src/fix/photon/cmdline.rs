@@ -6,6 +6,7 @@
 //! `UUID=` ([`crate::fix::grub::rewrite_cmdline`]), and an unstable `set rootpartition=` in
 //! grub.cfg is overridden by a `root=UUID=…` appended to `photon_cmdline`.
 
+use super::grub_env::{EnvBlock, EnvBlockError, Layout};
 use crate::devices::is_unstable_device;
 use crate::fix::grub::{rewrite_cmdline, unstable_root, Resolve};
 
@@ -67,6 +68,59 @@ pub fn fix_cmdline(
         changes,
         warnings,
     }
+}
+
+/// An environment block with its command-line variables made stable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvEdit {
+    /// The block as it is to be written (the input itself when nothing changed).
+    pub bytes: Vec<u8>,
+    pub notes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// [`fix_cmdline`] on each of `variables` (name, grub.cfg's rootpartition for it) present in
+/// the block `old`; other variables and lines are kept byte for byte. Err when `old` is not a
+/// block, or the result does not fit it.
+pub fn fix_env_block(
+    old: &[u8],
+    variables: &[(&str, Option<&str>)],
+    resolve: &dyn Resolve,
+) -> Result<EnvEdit, EnvBlockError> {
+    let mut block = EnvBlock::parse(old)?;
+    let mut edit = EnvEdit {
+        bytes: Vec::new(),
+        notes: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for (var, root_partition) in variables {
+        let Some(value) = block.get(var).map(str::to_string) else {
+            continue;
+        };
+        let fix = fix_cmdline(var, &value, *root_partition, resolve);
+        edit.warnings.extend(fix.warnings);
+        if fix.changes.is_empty() {
+            continue;
+        }
+        block.set(var, &fix.text)?;
+        for (o, n) in &fix.changes {
+            let n = if n.is_empty() { "(removed)" } else { n };
+            edit.notes.push(format!("{var}: {o} → {n}"));
+        }
+    }
+    if edit.notes.is_empty() {
+        edit.bytes = old.to_vec();
+        return Ok(edit);
+    }
+    edit.bytes = block.serialize()?;
+    edit.notes.push(match block.layout() {
+        Layout::Padded(size) => format!("environment block kept at {size} bytes"),
+        Layout::Unpadded => format!(
+            "unpadded as the kernel package wrote it, now {} bytes",
+            edit.bytes.len()
+        ),
+    });
+    Ok(edit)
 }
 
 #[cfg(test)]
@@ -165,6 +219,76 @@ mod tests {
         let rp = fix_cmdline("photon_cmdline", "ro", Some("/dev/sdq1"), &Disks);
         assert_eq!(rp.text, "ro");
         assert!(rp.warnings[0].starts_with("grub.cfg: set rootpartition=/dev/sdq1"));
+    }
+
+    fn padded(body: &str) -> Vec<u8> {
+        let mut b = format!("# GRUB Environment Block\n{body}").into_bytes();
+        b.resize(1024, b'#');
+        b
+    }
+
+    #[test]
+    fn env_block_edit_changes_only_the_cmdline_and_keeps_1024_bytes() {
+        let old = padded(&format!(
+            "photon_cmdline={PHOTON} root=/dev/sda3\nphoton_linux=vmlinuz-6.1.0-18-amd64\nphoton_initrd=initrd.img-6.1.0-18-amd64\n"
+        ));
+        let e = fix_env_block(&old, &[("photon_cmdline", Some("PARTUUID=x"))], &Disks).unwrap();
+        assert_eq!(e.bytes.len(), 1024);
+        assert_eq!(
+            e.bytes,
+            padded(&format!(
+                "photon_cmdline={PHOTON} root=UUID={UUID}\nphoton_linux=vmlinuz-6.1.0-18-amd64\nphoton_initrd=initrd.img-6.1.0-18-amd64\n"
+            ))
+        );
+        assert_eq!(
+            e.notes,
+            vec![
+                format!("photon_cmdline: root=/dev/sda3 → root=UUID={UUID}"),
+                "environment block kept at 1024 bytes".to_string()
+            ]
+        );
+        let again =
+            fix_env_block(&e.bytes, &[("photon_cmdline", Some("PARTUUID=x"))], &Disks).unwrap();
+        assert_eq!(again.bytes, e.bytes);
+        assert!(again.notes.is_empty());
+    }
+
+    #[test]
+    fn env_block_without_the_variable_or_need_is_returned_as_is() {
+        let old = padded(&format!("photon_cmdline={PHOTON}\n"));
+        let e = fix_env_block(&old, &[("photon_cmdline", Some("PARTUUID=x"))], &Disks).unwrap();
+        assert_eq!(e.bytes, old);
+        let e = fix_env_block(&old, &[("user_cmdline", None)], &Disks).unwrap();
+        assert_eq!(e.bytes, old);
+        assert!(e.notes.is_empty() && e.warnings.is_empty());
+    }
+
+    #[test]
+    fn env_block_unpadded_grows_and_the_full_one_is_refused() {
+        let old = format!("# GRUB Environment Block\nphoton_cmdline={PHOTON}\n");
+        let e = fix_env_block(
+            old.as_bytes(),
+            &[("photon_cmdline", Some("/dev/sda3"))],
+            &Disks,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(e.bytes.clone()).unwrap(),
+            format!("# GRUB Environment Block\nphoton_cmdline={PHOTON} root=UUID={UUID}\n")
+        );
+        assert!(e.notes.last().unwrap().starts_with("unpadded"));
+        let full = padded(&format!(
+            "photon_cmdline=root=/dev/sda3 {}\n",
+            "x".repeat(960)
+        ));
+        assert!(matches!(
+            fix_env_block(&full, &[("photon_cmdline", None)], &Disks),
+            Err(EnvBlockError::TooSmall { .. })
+        ));
+        assert!(matches!(
+            fix_env_block(b"photon_cmdline=x\n", &[("photon_cmdline", None)], &Disks),
+            Err(EnvBlockError::NoHeader)
+        ));
     }
 
     #[test]

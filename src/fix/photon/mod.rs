@@ -23,7 +23,6 @@ use super::{record, skipped, unified_diff, FileChange, FixError, FixRecord, FixS
 use crate::fix::grub::Resolve;
 use crate::inspect::InitramfsTool;
 use crate::inspect_photon::{confined_boot_path, PhotonBoot, DRIVER_LIST_DIR, PHOTON_CFG};
-use grub_env::EnvBlock;
 use kernel_choice::{choose, missing_drivers, Candidate, Choice};
 
 const GRUB_STEP: &str = "grub";
@@ -138,31 +137,10 @@ fn edit_env_block(
         cause,
     };
     let old = guest.g.read_file(path).map_err(file_err)?;
-    let mut block = EnvBlock::parse(&old).map_err(|e| failed(GRUB_STEP, format!("{path}: {e}")))?;
-    let mut notes = Vec::new();
-    for (var, root_partition) in variables {
-        let Some(value) = block.get(var).map(str::to_string) else {
-            continue;
-        };
-        let fix = cmdline::fix_cmdline(var, &value, *root_partition, resolve);
-        warnings.extend(fix.warnings.iter().map(|w| format!("{path}: {w}")));
-        if fix.changes.is_empty() {
-            continue;
-        }
-        block
-            .set(var, &fix.text)
-            .map_err(|e| failed(GRUB_STEP, format!("{path}: {e}")))?;
-        for (o, n) in &fix.changes {
-            notes.push(format!(
-                "{var}: {o} → {}",
-                if n.is_empty() { "(removed)" } else { n }
-            ));
-        }
-    }
-    let new = block
-        .serialize()
+    let edit = cmdline::fix_env_block(&old, variables, resolve)
         .map_err(|e| failed(GRUB_STEP, format!("{path}: {e}; left unchanged")))?;
-    if new == old {
+    warnings.extend(edit.warnings.iter().map(|w| format!("{path}: {w}")));
+    if edit.bytes == old {
         return Ok(None);
     }
     if guest.backup {
@@ -171,12 +149,11 @@ fn edit_env_block(
             .cp(path, &format!("{path}.h2k-orig"))
             .map_err(file_err)?;
     }
-    guest.g.write(path, &new).map_err(file_err)?;
-    notes.push(format!("environment block kept at {} bytes", new.len()));
+    guest.g.write(path, &edit.bytes).map_err(file_err)?;
     Ok(Some(FileChange {
         path: path.to_string(),
-        diff: unified_diff(path, &shown(&old), &shown(&new)),
-        note: notes.join("; "),
+        diff: unified_diff(path, &shown(&old), &shown(&edit.bytes)),
+        note: edit.notes.join("; "),
     }))
 }
 
