@@ -94,8 +94,11 @@ pub fn fix_env_block(
         warnings: Vec::new(),
     };
     for (var, root_partition) in variables {
-        let Some(value) = block.get(var).map(str::to_string) else {
-            continue;
+        // An absent photon_cmdline still carries the override of an unstable rootpartition.
+        let value = match (block.get(var), root_partition) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(_)) => String::new(),
+            (None, None) => continue,
         };
         let fix = fix_cmdline(var, &value, *root_partition, resolve);
         edit.warnings.extend(fix.warnings);
@@ -261,6 +264,20 @@ mod tests {
         let e = fix_env_block(&old, &[("user_cmdline", None)], &Disks).unwrap();
         assert_eq!(e.bytes, old);
         assert!(e.notes.is_empty() && e.warnings.is_empty());
+    }
+
+    #[test]
+    fn an_absent_photon_cmdline_is_added_only_for_an_unstable_rootpartition() {
+        let old = padded("photon_linux=vmlinuz-6.1\n");
+        let stable = fix_env_block(&old, &[("photon_cmdline", Some("PARTUUID=x"))], &Disks);
+        assert_eq!(stable.unwrap().bytes, old);
+        let e = fix_env_block(&old, &[("photon_cmdline", Some("/dev/sda3"))], &Disks).unwrap();
+        assert_eq!(
+            e.bytes,
+            padded(&format!(
+                "photon_linux=vmlinuz-6.1\nphoton_cmdline=root=UUID={UUID}\n"
+            ))
+        );
     }
 
     #[test]

@@ -508,6 +508,67 @@ mod tests {
         }
     }
 
+    /// grub-editenv, when the host has it, reads what we write and we read what it writes.
+    #[test]
+    fn agrees_with_grub_editenv() {
+        let Some(editenv) = ["/usr/bin/grub-editenv", "/usr/bin/grub2-editenv"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+        else {
+            eprintln!("no grub-editenv on this host; skipped");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("photon.cfg");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(editenv)
+                .arg(&file)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let values = [
+            (
+                "photon_cmdline",
+                "init=/lib/systemd/systemd ro root=/dev/sda3",
+            ),
+            ("odd", "back\\slash\nand\nnew\nlines="),
+            ("empty", ""),
+        ];
+        run(&["create"]);
+        for (k, v) in values {
+            run(&["set", &format!("{k}={v}")]);
+        }
+        let theirs = std::fs::read(&file).unwrap();
+        let mut ours = EnvBlock::parse(&theirs).unwrap();
+        for (k, v) in values {
+            assert_eq!(ours.get(k), Some(v), "{k}");
+        }
+        ours.set(
+            "photon_cmdline",
+            "init=/lib/systemd/systemd ro root=UUID=0b9e4e0c-5a8c-4a5e-8f0e-3c8d1b2a7f11",
+        )
+        .unwrap();
+        ours.set("added", "a\\b\nc").unwrap();
+        ours.unset("empty");
+        std::fs::write(&file, ours.serialize().unwrap()).unwrap();
+        assert_eq!(
+            run(&["list"]),
+            "photon_cmdline=init=/lib/systemd/systemd ro root=UUID=0b9e4e0c-5a8c-4a5e-8f0e-3c8d1b2a7f11\nodd=back\\slash\nand\nnew\nlines=\nadded=a\\b\nc\n"
+        );
+        // And it can still edit the block we wrote, at its size.
+        run(&["set", "more=1"]);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1024);
+        assert_eq!(
+            EnvBlock::parse(&std::fs::read(&file).unwrap())
+                .unwrap()
+                .get("more"),
+            Some("1")
+        );
+    }
+
     #[test]
     fn the_header_alone_is_an_empty_block() {
         let b = EnvBlock::parse(HEADER.as_bytes()).unwrap();
