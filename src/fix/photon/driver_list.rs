@@ -156,6 +156,44 @@ mod tests {
         assert!(e.contains("unmatched ' quote at byte 2"), "{e}");
     }
 
+    /// The host's xargs splits every case as [`split_args`] does (skipped without xargs).
+    #[test]
+    fn splits_as_the_hosts_xargs() {
+        if !std::path::Path::new("/usr/bin/xargs").exists() {
+            eprintln!("no xargs on this host; skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            LINUX,
+            ESX,
+            "a  'b c'\n\"d\"e f\\ g\t",
+            "x\\'y \"it's\"",
+            "''",
+            "a\"b\"c'd'",
+            "--add-drivers=\"a b\" -H\n\n",
+            "--add-drivers \"lvm\"\n--add-drivers \"virtio_blk virtio_pci\"\n",
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            let file = dir.path().join(format!("k{i}"));
+            std::fs::write(&file, case).unwrap();
+            let out = std::process::Command::new("/usr/bin/xargs")
+                .arg("-n1")
+                .arg("-a")
+                .arg(&file)
+                .args(["printf", "%s\\0"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{case:?}: {out:?}");
+            let theirs: Vec<String> = String::from_utf8(out.stdout)
+                .unwrap()
+                .split_terminator('\0')
+                .map(str::to_string)
+                .collect();
+            assert_eq!(split_args(case).unwrap(), theirs, "{case:?}");
+        }
+    }
+
     #[test]
     fn drivers_from_both_option_forms_normalized() {
         let args =
