@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use super::initramfs::{self, ALSO, REQUIRED};
 use super::initramfs_conf_apply as conf;
-use super::{record, skipped, unified_diff, FileChange, FixError, FixRecord, FixStatus, Guest};
+use super::{record, skipped, unified_diff, FileChange, FixError, FixRecord, Guest};
 use crate::fix::grub::Resolve;
 use crate::inspect::InitramfsTool;
 use crate::inspect_photon::{confined_boot_path, PhotonBoot, DRIVER_LIST_DIR, PHOTON_CFG};
@@ -323,19 +323,29 @@ fn run_initramfs(
     let initrd = format!("/boot/initrd.img-{kernel}");
     let info = guest.os.kernels.iter().find(|k| k.version == kernel);
     let exists = guest.is_file(INITRAMFS_STEP, &initrd)?;
-    if !force && files.is_empty() && exists && info.is_some_and(initramfs::has_required) {
-        if let Ok(v) = conf::verify(guest, &initrd, kernel, REQUIRED, InitramfsTool::Dracut) {
-            let how = match v {
-                Some(_) => "verified in the image",
-                None => "by the file names its lister gives",
-            };
-            return Ok(skipped(
-                INITRAMFS_STEP,
-                &format!(
-                    "initramfs of {kernel} already has {} ({how}); {list_path} lists them; no rebuild needed",
-                    REQUIRED.join(", ")
-                ),
-            ));
+    let drivers_there = exists && info.is_some_and(initramfs::has_required);
+    let mut rebuild_reason: Option<String> = None;
+    if drivers_there && !force {
+        if !files.is_empty() {
+            // As for the other distributions: the image was made with what was just changed.
+            rebuild_reason = Some("its driver list or dracut configuration was changed".into());
+        } else {
+            match conf::verify(guest, &initrd, kernel, REQUIRED, InitramfsTool::Dracut) {
+                Ok(v) => {
+                    let how = match v {
+                        Some(_) => "verified in the image",
+                        None => "by the file names its lister gives",
+                    };
+                    return Ok(skipped(
+                        INITRAMFS_STEP,
+                        &format!(
+                            "initramfs of {kernel} already has {} ({how}); {list_path} lists them; no rebuild needed",
+                            REQUIRED.join(", ")
+                        ),
+                    ));
+                }
+                Err(reasons) => rebuild_reason = Some(reasons.join("; ")),
+            }
         }
     }
 
@@ -390,6 +400,9 @@ fn run_initramfs(
         "rebuilt with the guest's dracut, arguments from {list_path} as Photon's mkinitrd passes them (compressed with `{compressor}`) in {:.1} s; {found}",
         t.elapsed().as_secs_f64()
     );
+    if let Some(why) = rebuild_reason {
+        note.push_str(&format!("; rebuilt although the drivers were there: {why}"));
+    }
     for n in &notes {
         note.push_str("; ");
         note.push_str(n);
@@ -399,14 +412,12 @@ fn run_initramfs(
         diff: String::new(),
         note,
     });
-    let rec = record(
+    Ok(record(
         INITRAMFS_STEP,
         started,
         files,
         format!("virtio drivers added to the initramfs of {kernel}"),
-    );
-    debug_assert_eq!(rec.status, FixStatus::Changed);
-    Ok(rec)
+    ))
 }
 
 #[cfg(test)]
