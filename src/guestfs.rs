@@ -554,6 +554,7 @@ impl Guestfs {
     int_call!(rm_f => guestfs_rm_f(path));
     int_call!(mv => guestfs_mv(src, dest));
     int_call!(cp => guestfs_cp(src, dest));
+    int_call!(ln_sf => guestfs_ln_sf(target, linkname));
 
     /// Whole file contents as bytes (no size limit beyond libguestfs's message size).
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {

@@ -44,6 +44,9 @@ pub struct OsInfo {
     pub initramfs_tool: InitramfsTool,
     /// Whether the default kernel's initramfs (or the kernel itself) has virtio_blk.
     pub virtio_blk_in_default_initramfs: Option<bool>,
+    /// How a Photon OS guest boots; absent for every other distribution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photon: Option<crate::inspect_photon::PhotonBoot>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -217,7 +220,7 @@ pub fn inspect_root(g: &Guestfs, root: &str, disks: &Disks) -> Result<OsInfo, In
     let kernels = list_kernels(g)?;
     let default_kernel = kernels.last().map(|k| k.version.clone());
     let virtio_blk_in_default_initramfs = kernels.last().and_then(|k| k.has_virtio_blk);
-    Ok(OsInfo {
+    let mut os = OsInfo {
         root: root.to_string(),
         os_type: g.inspect_get_type(root)?,
         distro: g.inspect_get_distro(root)?,
@@ -237,7 +240,11 @@ pub fn inspect_root(g: &Guestfs, root: &str, disks: &Disks) -> Result<OsInfo, In
         kernels,
         default_kernel,
         virtio_blk_in_default_initramfs,
-    })
+        photon: None,
+    };
+    // libguestfs does not know Photon: os-release, and Photon's own boot layout.
+    crate::inspect_photon::complete(g, &mut os)?;
+    Ok(os)
 }
 
 fn describe_filesystems(g: &Guestfs, disks: &Disks) -> Vec<Filesystem> {

@@ -218,6 +218,9 @@ pub fn render_table(r: &InspectReport) -> String {
                 ""
             }
         );
+        if let Some(photon) = &os.photon {
+            o += &photon_lines(photon);
+        }
         o += &format!(
             "Initramfs:    {}\n",
             serde_json::to_value(os.initramfs_tool)
@@ -269,9 +272,85 @@ pub fn render_table(r: &InspectReport) -> String {
     o
 }
 
+/// The Photon boot facts of the table: who wrote grub.cfg, what photon.cfg boots.
+fn photon_lines(p: &crate::inspect_photon::PhotonBoot) -> String {
+    let mut o = String::new();
+    let cfg = match (&p.photon_cfg, p.photon_cfg_is_link) {
+        (Some(target), true) => format!("/boot/photon.cfg → {target}"),
+        (Some(file), false) => file.clone(),
+        (None, _) => "no /boot/photon.cfg".into(),
+    };
+    o += &format!(
+        "Photon boot:  {}, {cfg}\n",
+        if p.installer_grub_cfg {
+            "grub.cfg written by the installer (DO NOT OVERWRITE)"
+        } else {
+            "grub.cfg without the installer's marker"
+        }
+    );
+    o += &format!(
+        "              kernel {} ({}), root={}\n",
+        opt(&p.kernel),
+        opt(&p.flavour),
+        opt(&p.root_partition)
+    );
+    o += &format!("              photon_cmdline={}\n", opt(&p.photon_cmdline));
+    let mut extra: Vec<&str> = Vec::new();
+    if p.user_cfg {
+        extra.push("user.cfg");
+    }
+    if p.systemd_cfg {
+        extra.push("systemd.cfg");
+    }
+    o += &format!(
+        "              driver lists: [{}]{}\n",
+        p.driver_lists.join(", "),
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", extra.join(", "))
+        }
+    );
+    for u in &p.unreadable {
+        o += &format!("              unreadable: {u}\n");
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn photon_boot_facts_are_shown() {
+        let p = crate::inspect_photon::PhotonBoot {
+            installer_grub_cfg: true,
+            root_partition: Some("PARTUUID=8a1c".into()),
+            photon_cfg: Some("/boot/linux-esx-6.1.10-11.ph5-esx.cfg".into()),
+            photon_cfg_is_link: true,
+            photon_linux: Some("vmlinuz-6.1.10-11.ph5-esx".into()),
+            photon_initrd: Some("initrd.img-6.1.10-11.ph5-esx".into()),
+            photon_cmdline: Some("init=/lib/systemd/systemd ro".into()),
+            kernel: Some("6.1.10-11.ph5-esx".into()),
+            flavour: Some("linux-esx".into()),
+            kernel_cfgs: vec![],
+            driver_lists: vec!["6.1.10-11.ph5-esx".into()],
+            user_cfg: true,
+            systemd_cfg: false,
+            unreadable: vec![],
+        };
+        assert_eq!(
+            photon_lines(&p),
+            "Photon boot:  grub.cfg written by the installer (DO NOT OVERWRITE), /boot/photon.cfg → /boot/linux-esx-6.1.10-11.ph5-esx.cfg\n              kernel 6.1.10-11.ph5-esx (linux-esx), root=PARTUUID=8a1c\n              photon_cmdline=init=/lib/systemd/systemd ro\n              driver lists: [6.1.10-11.ph5-esx]; user.cfg\n"
+        );
+        let empty = photon_lines(&crate::inspect_photon::PhotonBoot::default());
+        assert!(
+            empty.starts_with(
+                "Photon boot:  grub.cfg without the installer's marker, no /boot/photon.cfg\n"
+            ),
+            "{empty}"
+        );
+    }
 
     #[test]
     fn a_trusted_chain_is_noted_as_fix_notes_it() {

@@ -20,6 +20,7 @@ pub mod guestfs;
 pub mod initramfs_image;
 pub mod inspect;
 pub mod inspect_cmd;
+pub mod inspect_photon;
 pub mod load;
 pub mod logging;
 pub mod manifest;

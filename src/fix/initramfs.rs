@@ -76,7 +76,7 @@ unset _h2k_omit _h2k_d\n",
 }
 
 /// zstd at level 1 where the guest has it, else gzip at level 1 (gzip is always there).
-fn fast_compressor(guest: &Guest) -> String {
+pub fn fast_compressor(guest: &Guest) -> String {
     match guest.find_binary(&["/usr/bin/zstd", "/bin/zstd"]) {
         Some(zstd) => format!("{zstd} -1 -T0 -q"),
         None => "gzip -1 -n".into(),
@@ -301,7 +301,7 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
 
 /// What the rebuilt image was verified to hold, for the note; an error of the step when it
 /// would not boot a virtio disk.
-fn verify_rebuilt(
+pub fn verify_rebuilt(
     guest: &Guest,
     initramfs: &str,
     kver: &str,

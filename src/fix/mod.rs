@@ -16,6 +16,7 @@ pub mod initramfs_conf_apply;
 pub mod initramfs_verify;
 pub mod modprobe_conf;
 pub mod network;
+pub mod photon;
 #[cfg(test)]
 mod proptests;
 pub mod record;
@@ -238,7 +239,8 @@ pub fn skipped(name: &str, why: &str) -> FixRecord {
 /// Run every enabled fix in order. fstab first (the initramfs and GRUB read it), then the
 /// resume device of the initramfs configuration, then the network (the initramfs's udev hook
 /// copies its `.link` files), then the initramfs, then GRUB (grub-mkconfig lists the rebuilt
-/// initramfs), then the optional ones.
+/// initramfs), then the optional ones. A Photon guest gets [`photon::run`] in place of the
+/// initramfs and GRUB steps.
 pub fn apply_all(
     guest: &Guest,
     plan: &crate::plan::FixPlan,
@@ -271,25 +273,31 @@ pub fn apply_all(
         Some(prepared) => guest_agent::install(guest, prepared)?,
         None => skipped(guest_agent::STEP, "not requested"),
     });
-    if plan.initramfs {
-        records.push(initramfs::run(
-            guest,
-            plan.force_initramfs || network_changed,
-            warnings,
-        )?);
-    } else {
-        if resume_changed {
-            warnings.push(
-                "the resume device was changed in the initramfs configuration, but the initramfs is not rebuilt (disabled): the current image still waits for the old one".into(),
-            );
+    let force_rebuild = plan.force_initramfs || network_changed;
+    if !plan.initramfs && resume_changed {
+        warnings.push(
+            "the resume device was changed in the initramfs configuration, but the initramfs is not rebuilt (disabled): the current image still waits for the old one".into(),
+        );
+    }
+    match &guest.os.photon {
+        // Photon's installer wrote grub.cfg once: its kernel choice, command line and
+        // driver list are Photon's own files, repaired by its own step.
+        Some(photon) => records.extend(photon::run(guest, photon, plan, force_rebuild, warnings)?),
+        None => {
+            records.push(if plan.initramfs {
+                initramfs::run(guest, force_rebuild, warnings)?
+            } else {
+                skipped("initramfs", "disabled")
+            });
+            records.push(if plan.update_grub {
+                grub_apply::run(guest, plan.regenerate_grub, warnings)?
+            } else {
+                skipped("grub", "disabled")
+            });
         }
-        records.push(skipped("initramfs", "disabled"));
     }
     if plan.update_grub {
-        records.push(grub_apply::run(guest, plan.regenerate_grub, warnings)?);
         records.push(uefi_fallback::run(guest)?);
-    } else {
-        records.push(skipped("grub", "disabled"));
     }
     if plan.remove_vmware_tools {
         records.push(vmware_tools::run(guest)?);

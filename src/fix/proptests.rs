@@ -329,3 +329,104 @@ proptest! {
         prop_assert!(again.writes.is_empty() && again.removals.is_empty(), "{:?}", again);
     }
 }
+
+/// Bytes of something close to an environment block: the header, then lines of names,
+/// `=`, escapes, newlines and `#`, padded or not.
+fn env_block_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(b"photon_cmdline=".to_vec()),
+        Just(b"photon_linux=vmlinuz-6.1.10-11.ph5".to_vec()),
+        Just(b"root=/dev/sda3".to_vec()),
+        Just(b"\\".to_vec()),
+        Just(b"\\\\".to_vec()),
+        Just(b"\\\n".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"#".to_vec()),
+        Just(b"=".to_vec()),
+        "[ -~]{0,10}".prop_map(String::into_bytes),
+        "[ -~]{0,10}".prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..12),
+    ];
+    (
+        prop::collection::vec(piece, 0..30),
+        prop_oneof![
+            Just(None),
+            Just(Some(1024usize)),
+            (0usize..1100).prop_map(Some)
+        ],
+    )
+        .prop_map(|(pieces, pad_to)| {
+            let mut b = super::photon::grub_env::HEADER.as_bytes().to_vec();
+            for p in pieces {
+                b.extend(p);
+            }
+            if let Some(n) = pad_to {
+                if !b.ends_with(b"\n") {
+                    b.push(b'\n');
+                }
+                if b.len() < n {
+                    b.resize(n, b'#');
+                }
+            }
+            b
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn env_block_parse_never_panics_and_round_trips(bytes in prop::collection::vec(any::<u8>(), 0..1200)) {
+        use super::photon::grub_env::EnvBlock;
+        if let Ok(b) = EnvBlock::parse(&bytes) {
+            prop_assert_eq!(b.serialize().unwrap(), bytes.clone());
+        }
+        let mut with_header = super::photon::grub_env::HEADER.as_bytes().to_vec();
+        with_header.extend(&bytes);
+        if let Ok(b) = EnvBlock::parse(&with_header) {
+            prop_assert_eq!(b.serialize().unwrap(), with_header);
+        }
+    }
+
+    #[test]
+    fn env_block_edit_keeps_the_size_or_errors(
+        bytes in env_block_bytes(),
+        name in prop_oneof![Just("photon_cmdline".to_string()), "[a-z_]{1,12}"],
+        value in "\\PC{0,40}|[\\\\\n= a-z]{0,40}",
+        unset in prop_oneof![Just("photon_linux".to_string()), "[a-z_]{1,8}"],
+    ) {
+        use super::photon::grub_env::{EnvBlock, EnvBlockError, Layout, BLOCK_SIZE};
+        let Ok(mut b) = EnvBlock::parse(&bytes) else { return Ok(()) };
+        let layout = b.layout();
+        b.set(&name, &value).unwrap();
+        b.unset(&unset);
+        match b.serialize() {
+            Ok(out) => {
+                match layout {
+                    Layout::Padded(n) => prop_assert_eq!(out.len(), n),
+                    Layout::Unpadded => prop_assert!(out.len() <= BLOCK_SIZE),
+                }
+                let again = EnvBlock::parse(&out).unwrap();
+                if name != unset {
+                    prop_assert_eq!(again.get(&name), Some(value.as_str()));
+                }
+                prop_assert_eq!(again.get(&unset), None);
+                prop_assert_eq!(again.serialize().unwrap(), out);
+            }
+            Err(e) => prop_assert!(matches!(e, EnvBlockError::TooSmall { .. }), "{}", e),
+        }
+    }
+
+    #[test]
+    fn driver_list_registration_is_idempotent(text in "[-a-z_ \"'\\\\\n]{0,60}") {
+        use super::photon::driver_list::{added_drivers, register_drivers, split_args};
+        let wanted = ["virtio_blk", "virtio_pci", "virtio-net"];
+        if let Ok((out, _)) = register_drivers(&text, &wanted) {
+            let have = added_drivers(&split_args(&out).unwrap());
+            for w in ["virtio_blk", "virtio_pci", "virtio_net"] {
+                prop_assert!(have.iter().any(|h| h == w), "{} not in {:?} from {:?}", w, have, out);
+            }
+            prop_assert_eq!(register_drivers(&out, &wanted).unwrap(), (out.clone(), vec![]));
+        }
+    }
+}
