@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::fix::photon::grub_env::EnvBlock;
+use crate::grub_env::EnvBlock;
 use crate::guestfs::{Guestfs, GuestfsError};
 use crate::inspect::OsInfo;
 

@@ -15,6 +15,7 @@ pub mod convert;
 pub mod daemon;
 pub mod devices;
 pub mod fix;
+pub mod grub_env;
 #[allow(unsafe_code)]
 pub mod guestfs;
 pub mod initramfs_image;

@@ -356,7 +356,7 @@ fn env_block_bytes() -> impl Strategy<Value = Vec<u8>> {
         ],
     )
         .prop_map(|(pieces, pad_to)| {
-            let mut b = super::photon::grub_env::HEADER.as_bytes().to_vec();
+            let mut b = crate::grub_env::HEADER.as_bytes().to_vec();
             for p in pieces {
                 b.extend(p);
             }
@@ -377,11 +377,11 @@ proptest! {
 
     #[test]
     fn env_block_parse_never_panics_and_round_trips(bytes in prop::collection::vec(any::<u8>(), 0..1200)) {
-        use super::photon::grub_env::EnvBlock;
+        use crate::grub_env::EnvBlock;
         if let Ok(b) = EnvBlock::parse(&bytes) {
             prop_assert_eq!(b.serialize().unwrap(), bytes.clone());
         }
-        let mut with_header = super::photon::grub_env::HEADER.as_bytes().to_vec();
+        let mut with_header = crate::grub_env::HEADER.as_bytes().to_vec();
         with_header.extend(&bytes);
         if let Ok(b) = EnvBlock::parse(&with_header) {
             prop_assert_eq!(b.serialize().unwrap(), with_header);
@@ -395,7 +395,7 @@ proptest! {
         value in "\\PC{0,40}|[\\\\\n= a-z]{0,40}",
         unset in prop_oneof![Just("photon_linux".to_string()), "[a-z_]{1,8}"],
     ) {
-        use super::photon::grub_env::{EnvBlock, EnvBlockError, Layout, BLOCK_SIZE};
+        use crate::grub_env::{EnvBlock, EnvBlockError, Layout, BLOCK_SIZE};
         let Ok(mut b) = EnvBlock::parse(&bytes) else { return Ok(()) };
         let layout = b.layout();
         b.set(&name, &value).unwrap();

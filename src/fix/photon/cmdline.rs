@@ -6,9 +6,9 @@
 //! `UUID=` ([`crate::fix::grub::rewrite_cmdline`]), and an unstable `set rootpartition=` in
 //! grub.cfg is overridden by a `root=UUID=…` appended to `photon_cmdline`.
 
-use super::grub_env::{EnvBlock, EnvBlockError, Layout};
 use crate::devices::is_unstable_device;
 use crate::fix::grub::{rewrite_cmdline, unstable_root, Resolve};
+use crate::grub_env::{EnvBlock, EnvBlockError, Layout};
 
 /// The new command line, what changed (`(old, new)`, new "" when removed) and what was left.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -12,7 +12,7 @@
 
 pub mod cmdline;
 pub mod driver_list;
-pub mod grub_env;
+
 pub mod kernel_choice;
 
 use std::time::Instant;
