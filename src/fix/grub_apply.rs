@@ -37,7 +37,7 @@ fn target_config(guest: &Guest, cfg: &str) -> String {
 
 /// Device names through the appliance: fstab's resolution for `root=`, the swap area's UUID
 /// (or nothing) for `resume=`.
-struct GuestResolve<'a, 'g>(&'a Guest<'g>);
+pub(super) struct GuestResolve<'a, 'g>(pub(super) &'a Guest<'g>);
 
 impl Resolve for GuestResolve<'_, '_> {
     fn uuid(&self, device: &str) -> Option<String> {

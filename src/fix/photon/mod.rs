@@ -28,22 +28,6 @@ use kernel_choice::{choose, missing_drivers, Candidate, Choice};
 const GRUB_STEP: &str = "grub";
 const INITRAMFS_STEP: &str = "initramfs";
 
-/// Device names through the appliance, as the GRUB step of other distributions resolves them.
-struct GuestResolve<'a, 'g>(&'a Guest<'g>);
-
-impl Resolve for GuestResolve<'_, '_> {
-    fn uuid(&self, device: &str) -> Option<String> {
-        super::fstab_apply::resolve_uuid(self.0, device)
-    }
-
-    fn swap_uuid(&self, device: &str) -> Option<String> {
-        match super::resume_apply::swap_lookup(self.0, device) {
-            super::resume::SwapLookup::Swap(uuid) => Some(uuid),
-            _ => None,
-        }
-    }
-}
-
 fn failed(step: &'static str, message: String) -> FixError {
     FixError::Failed { step, message }
 }
@@ -232,7 +216,7 @@ fn run_grub(
             (to.version.clone(), to.cfg.clone())
         }
     };
-    let resolve = GuestResolve(guest);
+    let resolve = super::grub_apply::GuestResolve(guest);
     let root_partition = photon.root_partition.as_deref();
     files.extend(edit_env_block(
         guest,
