@@ -52,6 +52,13 @@ pub fn guest(name: &str) -> PathBuf {
     built_by("make-guest.sh", name)
 }
 
+/// A boot-layout image (`photon5-bios`, `photon5-uefi`, `debian13-uefi-systemd-boot`), built on
+/// first use by `scripts/make-layout.sh NAME` (cached).
+#[allow(dead_code)]
+pub fn layout(name: &str) -> PathBuf {
+    built_by("make-layout.sh", name)
+}
+
 fn built_by(builder: &str, name: &str) -> PathBuf {
     static CACHE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
@@ -269,3 +276,6 @@ pub fn empty_qcow2(path: &Path, size: &str) {
         .expect("qemu-img create");
     assert!(status.success(), "qemu-img create {}", path.display());
 }
+
+#[allow(dead_code)]
+pub mod probe;

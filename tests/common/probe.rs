@@ -1,0 +1,140 @@
+//! `validate --boot --probe` from the tests: run it, and say whether the guest came up whole.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{h2k, read_json, Run};
+
+/// `validate --boot --probe --json` on `disks` (boot disk first).
+pub fn probe(
+    disks: &[&Path],
+    bus: &str,
+    macs: &[&str],
+    expect: &[&str],
+) -> (Run, serde_json::Value) {
+    probe_logged(disks, bus, macs, expect, None)
+}
+
+/// [`probe`], keeping the serial console in `console`.
+pub fn probe_logged(
+    disks: &[&Path],
+    bus: &str,
+    macs: &[&str],
+    expect: &[&str],
+    console: Option<&Path>,
+) -> (Run, serde_json::Value) {
+    let mut args: Vec<String> = vec![
+        "validate".into(),
+        "--boot".into(),
+        "--probe".into(),
+        "--json".into(),
+        "--bus".into(),
+        bus.into(),
+        "--timeout".into(),
+        "420".into(),
+    ];
+    for d in &disks[1..] {
+        args.push("--disk".into());
+        args.push(d.display().to_string());
+    }
+    for m in macs {
+        args.push("--mac".into());
+        args.push(m.to_string());
+    }
+    for e in expect {
+        args.push("--expect-iface".into());
+        args.push(e.to_string());
+    }
+    if let Some(c) = console {
+        args.push("--console-log".into());
+        args.push(c.display().to_string());
+    }
+    args.push(disks[0].display().to_string());
+    let start = Instant::now();
+    let run = h2k(&args);
+    let json: serde_json::Value = serde_json::from_str(run.stdout().trim()).unwrap_or_default();
+    eprintln!(
+        "TIMING probe {} on {bus}: {:.0} s, exit {:?}, multi-user after {} s",
+        disks[0].file_name().unwrap().to_string_lossy(),
+        start.elapsed().as_secs_f64(),
+        run.code(),
+        json.pointer("/probe/guest/multi_user_seconds")
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "?".into())
+    );
+    (run, json)
+}
+
+pub fn assert_whole(what: &str, run: &Run, json: &serde_json::Value) {
+    assert!(
+        run.success() && json["probe"]["whole"] == true,
+        "{what}: not whole\n{}\n{}",
+        run.describe(),
+        serde_json::to_string_pretty(json).unwrap_or_default()
+    );
+}
+
+pub fn assert_not_whole(what: &str, run: &Run, json: &serde_json::Value, because: &str) {
+    assert!(
+        !run.success(),
+        "{what}: expected to fail the probe\n{}",
+        run.describe()
+    );
+    let line = super::one_error_line(&run.stderr());
+    assert!(
+        line.contains(because),
+        "{what}: the error should say {because:?}: {line}\n{}",
+        serde_json::to_string_pretty(json).unwrap_or_default()
+    );
+}
+
+/// The probe's record of interface `name`, if the guest had one.
+pub fn interface<'a>(json: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    json.pointer("/probe/guest/interfaces")?
+        .as_array()?
+        .iter()
+        .find(|i| i["name"] == name)
+}
+
+pub fn has_ipv4(iface: &serde_json::Value, addr: &str) -> bool {
+    iface["ipv4"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a.as_str().is_some_and(|s| s.starts_with(addr)))
+}
+
+/// The unfixed guest on virtio: its initramfs has no virtio driver, so it never finds its root.
+pub fn assert_fails_on_virtio(src: &Path, mac: &str) {
+    let (run, json) = probe(&[src], "virtio", &[mac], &[]);
+    assert!(
+        !run.success() && json["booted"] == false,
+        "control: the unfixed guest must fail on virtio\n{}\n{json}",
+        run.describe()
+    );
+    eprintln!(
+        "control on virtio: {} after {} s",
+        json["failure"]["kind"], json["failure"]["seconds"]
+    );
+}
+
+pub fn fix_record<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["fixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} record in {report}"))
+}
+
+/// `h2k-guest fix SOURCE -o OUT_DIR/fixed.qcow2 EXTRA…`, which must succeed; the output and its report.
+pub fn fix(source: &Path, out_dir: &Path, extra: &[&str]) -> (PathBuf, serde_json::Value) {
+    let out = out_dir.join("fixed.qcow2");
+    let mut args: Vec<String> = vec!["fix".into(), source.display().to_string(), "-o".into()];
+    args.push(out.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let run = h2k(&args);
+    assert!(run.success(), "fix failed:\n{}", run.describe());
+    let report = read_json(&out_dir.join("fixed.qcow2.report.json"));
+    (out, report)
+}
