@@ -214,6 +214,9 @@ EOF
     log "installing linux-image-amd64 (initramfs deferred to the appliance)"
     CHROOT_ENV="INITRD=No" apt_install "$r" linux-image-amd64 >&2
     kver=$(kernel_version "$r")
+    # Debian's linux-base links /vmlinuz and /initrd.img at the top; Photon has no such links.
+    rm -f "$r/vmlinuz" "$r/vmlinuz.old" "$r/initrd.img" "$r/initrd.img.old"
+    echo "do_symlinks = no" >"$r/etc/kernel-img.conf"
 
     # What Photon's linux package leaves: the kernel's env block, photon.cfg linked to it, and
     # its registration for mkinitrd (the words dracut gets, read as xargs reads them).
@@ -307,7 +310,7 @@ EOF
     log "dracut (and grub-bios-setup on BIOS) in the libguestfs appliance"
     local setup=""
     if [ "$fw" = bios ]; then
-        setup='command "grub-bios-setup -d /boot/grub2/i386-pc /dev/sda"'
+        setup='command "/usr/lib/grub/i386-pc/grub-bios-setup -d /boot/grub2/i386-pc /dev/sda"'
     fi
     run_guestfish --rw <<EOF
 add-drive $disk format:raw
