@@ -29,7 +29,7 @@
 # Controls: photon5-bios boots on pvscsi, photon5-uefi and debian13-uefi-systemd-boot on SATA with
 # OVMF; all three fail on virtio. Cached under ${H2K_CACHE_DIR:-~/.cache/h2k-guest}/layouts/KEY/,
 # KEY hashing this script and scripts/fixtures/lib.sh; NAME.json beside NAME.vmdk holds the facts.
-# Needs what make-fixture.sh needs, plus mcopy (mtools).
+# Needs what make-fixture.sh needs, plus mtools (mmd, mcopy) and grub-editenv (grub-common).
 set -euo pipefail
 shopt -s nullglob
 
@@ -263,14 +263,19 @@ configfile /boot/grub2/grub.cfg
 EOF
     fi
     rm -f "$r/tmp/h2k-early.cfg"
-    # An rpm database, made by Debian's rpm (Photon's tdnf and rpm would find one).
-    in_chroot "$r" rpm --initdb
+    # An rpm database where Photon keeps it, made by Debian's rpm (whose default is ~/.rpmdb:
+    # the macro makes the guest's rpm use it too).
+    mkdir -p "$r/etc/rpm" "$r/var/lib/rpm"
+    echo "%_dbpath /var/lib/rpm" >"$r/etc/rpm/macros"
+    in_chroot "$r" rpm --initdb --dbpath /var/lib/rpm
     local v_dracut v_grub v_rpm
     v_dracut=$(pkg_version "$r" dracut)
     v_grub=$(pkg_version "$r" "$grub_pkg")
     v_rpm=$(pkg_version "$r" rpm)
     write_photon_release "$r"
-    mkdir -p "$r/boot/efi"
+    if [ "$fw" = uefi ]; then
+        mkdir -p "$r/boot/efi"
+    fi
     finish_chroot "$r"
 
     log "making file-system images"
@@ -308,9 +313,13 @@ EOF
     # In the appliance: the dracut image as Photon's mkinitrd makes it (the driver list's words
     # as arguments), then GRUB's boot sector on BIOS.
     log "dracut (and grub-bios-setup on BIOS) in the libguestfs appliance"
-    local setup=""
+    local setup="" esp_checks=""
     if [ "$fw" = bios ]; then
         setup='command "/usr/lib/grub/i386-pc/grub-bios-setup -d /boot/grub2/i386-pc /dev/sda"'
+    else
+        esp_checks="mount /dev/sda1 /boot/efi
+is-file /boot/efi/EFI/BOOT/BOOTX64.EFI
+download /boot/efi/EFI/BOOT/grub.cfg $WORK/esp-grub.cfg.read"
     fi
     run_guestfish --rw <<EOF
 add-drive $disk format:raw
@@ -323,8 +332,23 @@ download /tmp/h2k-lsinitrd.txt $WORK/initramfs.list
 rm /tmp/h2k-lsinitrd.txt
 download /boot/grub2/grub.cfg $WORK/grub.cfg
 is-symlink /boot/photon.cfg
+download /boot/photon.cfg $WORK/photon.cfg
+sh "ls /var/lib/rpm >/tmp/h2k-rpmdb.txt"
+download /tmp/h2k-rpmdb.txt $WORK/rpmdb.list
+rm /tmp/h2k-rpmdb.txt
+$esp_checks
 umount-all
 EOF
+    # The env block as GRUB will read it, checked with the host's grub-editenv.
+    [ "$(stat -c %s "$WORK/photon.cfg")" = 1024 ] || die "photon.cfg on the disk is not a 1 KiB env block"
+    grub-editenv "$WORK/photon.cfg" list | grep -qxF "photon_initrd=initrd.img-$kver" ||
+        die "photon.cfg on the disk lacks photon_initrd=initrd.img-$kver"
+    log "photon.cfg: $(grub-editenv "$WORK/photon.cfg" list | tr '\n' ';')"
+    [ -s "$WORK/rpmdb.list" ] || die "no rpm database in /var/lib/rpm"
+    log "rpm database: $(tr '\n' ' ' <"$WORK/rpmdb.list")"
+    if [ "$fw" = uefi ]; then
+        cmp -s "$WORK/esp-grub.cfg.read" "$WORK/esp-grub.cfg" || die "the ESP's grub.cfg is not the one written"
+    fi
     check_initramfs_list "$WORK/initramfs.list" "${PH_CHECK_MODULES[@]}"
     cmp -s "$WORK/grub.cfg" "$WORK/grub.cfg.written" || die "/boot/grub2/grub.cfg changed in the appliance"
     if [ "$fw" = bios ]; then
@@ -555,7 +579,7 @@ main() {
     CACHE_ROOT=$(mkdir -p "$CACHE_ROOT" && cd "$CACHE_ROOT" && pwd -P)
     local n
     for n in "${names[@]}"; do
-        ensure_fixture "$n" mcopy:mtools mmd:mtools
+        ensure_fixture "$n" mcopy:mtools mmd:mtools grub-editenv:grub-common
     done
 }
 
