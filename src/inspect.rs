@@ -421,8 +421,15 @@ fn list_initramfs_on_host(g: &Guestfs, path: &str) -> Result<Vec<String>, String
 }
 
 fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
-    let bls = g.is_dir("/boot/loader/entries")?
-        && !g.glob_expand("/boot/loader/entries/*.conf")?.is_empty();
+    // systemd-boot keeps its entries on the ESP; GRUB's BLS (Fedora, RHEL) in /boot.
+    let mut bls = false;
+    for dir in [
+        "/boot/loader/entries",
+        "/boot/efi/loader/entries",
+        "/efi/loader/entries",
+    ] {
+        bls = bls || (g.is_dir(dir)? && !g.glob_expand(&format!("{dir}/*.conf"))?.is_empty());
+    }
     for cfg in ["/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"] {
         if g.is_file(cfg)? {
             return Ok(Bootloader {

@@ -22,6 +22,7 @@ mod proptests;
 pub mod record;
 pub mod resume;
 pub mod resume_apply;
+pub mod systemd_boot;
 pub mod text;
 pub mod uefi_fallback;
 pub mod vmware_tools;
@@ -289,10 +290,13 @@ pub fn apply_all(
             } else {
                 skipped("initramfs", "disabled")
             });
-            records.push(if plan.update_grub {
-                grub_apply::run(guest, plan.regenerate_grub, warnings)?
-            } else {
+            records.push(if !plan.update_grub {
                 skipped("grub", "disabled")
+            } else if guest.os.bootloader.kind == crate::inspect::BootloaderKind::SystemdBoot {
+                // Its entries and their initramfs copies are on the ESP: after the rebuild.
+                systemd_boot::run(guest, warnings)?
+            } else {
+                grub_apply::run(guest, plan.regenerate_grub, warnings)?
             });
         }
     }
