@@ -17,7 +17,7 @@ fi
 
 # The guest images build in the background while Rust compiles and the unit tests run: their
 # debootstrap and apt downloads wait on the network, not the CPU. make-fixture.sh/make-variant.sh
-# and make-guest.sh lock separate caches, so they run side by side too.
+# and make-guest.sh/make-layout.sh lock separate caches, so they run side by side too.
 logs=$(mktemp -d)
 # A failed build or test must not leave the image builders running (they clean up on SIGTERM).
 trap 'kill $(jobs -p) 2>/dev/null; wait; rm -rf "$logs"' EXIT
@@ -25,7 +25,7 @@ images_start=$(date +%s)
 if [ "$fast" = 0 ]; then
     (bash scripts/make-fixture.sh all && bash scripts/make-variant.sh all) >"$logs/fixtures.out" 2>"$logs/fixtures.err" &
     fixtures_pid=$!
-    bash scripts/make-guest.sh all >"$logs/guests.out" 2>"$logs/guests.err" &
+    (bash scripts/make-guest.sh all && bash scripts/make-layout.sh all) >"$logs/guests.out" 2>"$logs/guests.err" &
     guests_pid=$!
 fi
 
@@ -47,7 +47,7 @@ for job in fixtures:$fixtures_pid guests:$guests_pid; do
         exit 1
     fi
 done
-echo "fixtures, variants and guests ready $(( $(date +%s) - images_start )) s after the start"
+echo "fixtures, variants, guests and layouts ready $(( $(date +%s) - images_start )) s after the start"
 
 echo "== integration tests: real appliance, real qemu-img/qemu-nbd, real boots (serial)"
 cargo test --locked --test '*' -- --test-threads=1
