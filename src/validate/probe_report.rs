@@ -36,6 +36,8 @@ const STALL_MARKERS: [&str; 4] = [
 /// The stalls the serial console shows, one entry each (the console line, trimmed).
 pub fn boot_stalls(console: &str) -> Vec<String> {
     let mut stalls: Vec<String> = Vec::new();
+    // systemd colours its status lines: the escapes are not part of what it says.
+    let console = super::console::clean_terminal(console);
     for line in console.lines() {
         let line = line.trim_matches(|c: char| c.is_whitespace() || c.is_control());
         if let Some(m) = STALL_MARKERS.iter().find(|m| line.contains(**m)) {
@@ -419,6 +421,12 @@ mod tests {
         assert!(s[1].contains("dev-sdb1.device"));
         assert!(s[2].contains("srv.mount"));
         assert!(boot_stalls("[  OK  ] Started ssh.service\nh2k login: \n").is_empty());
+        // As systemd colours it on the serial console.
+        let coloured = "[\x1b[0;1;38:5:185mDEPEND\x1b[0m] Dependency failed for \x1b[0;1;39msystemd-netw…\x1b[0mistent Storage in systemd-networkd.\r\n";
+        assert_eq!(
+            boot_stalls(coloured),
+            ["boot stall: Dependency failed for systemd-netw…istent Storage in systemd-networkd."]
+        );
         assert!(boot_stalls("").is_empty());
     }
 
