@@ -192,9 +192,11 @@ add_drivers+=" ext4 "
 omit_dracutmodules+=" qemu qemu-net virtiofs "
 omit_drivers+=" virtio.* "
 EOF
+    # Photon's installer also writes noacl; Debian's kernel refuses it when systemd-remount-fs
+    # remounts / (measured: / stays read-only, systemd-logind fails), so it is left out here.
     {
         echo "#system	mnt-pt	type	options	dump	fsck"
-        echo "PARTUUID=$root_partuuid	/	ext4	defaults,barrier,noatime,noacl,data=ordered	1	1"
+        echo "PARTUUID=$root_partuuid	/	ext4	defaults,barrier,noatime,data=ordered	1	1"
         if [ "$fw" = uefi ]; then
             echo "PARTUUID=$esp_partuuid	/boot/efi	vfat	defaults	1	2"
         fi
@@ -363,11 +365,11 @@ EOF
     rm -f "$disk"
     local fstab boot_json boot_expect
     if [ "$fw" = bios ]; then
-        fstab=$(json_strings "PARTUUID=$root_partuuid / ext4 defaults,barrier,noatime,noacl,data=ordered 1 1")
+        fstab=$(json_strings "PARTUUID=$root_partuuid / ext4 defaults,barrier,noatime,data=ordered 1 1")
         boot_json="\"target\": \"i386-pc\", \"core_image\": \"BIOS boot partition (/dev/sda1, 4 MiB), prefix (search.fs_uuid $root_fs_uuid)/boot/grub2\""
         boot_expect="\"pvscsi\": \"whole\""
     else
-        fstab=$(json_strings "PARTUUID=$root_partuuid / ext4 defaults,barrier,noatime,noacl,data=ordered 1 1" "PARTUUID=$esp_partuuid /boot/efi vfat defaults 1 2")
+        fstab=$(json_strings "PARTUUID=$root_partuuid / ext4 defaults,barrier,noatime,data=ordered 1 1" "PARTUUID=$esp_partuuid /boot/efi vfat defaults 1 2")
         boot_json="\"target\": \"x86_64-efi\", \"installed_to\": \"/boot/efi/EFI/BOOT/bootx64.efi (removable path, no NVRAM entry)\", \"esp_grub_cfg\": \"/boot/efi/EFI/BOOT/grub.cfg (chains to /boot/grub2/grub.cfg)\""
         boot_expect="\"sata-q35\": \"whole\""
     fi
