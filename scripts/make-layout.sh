@@ -76,9 +76,11 @@ PH_BIOS_BOOT_TYPE=21686148-6449-6E6F-744E-656564454649
 # What the Photon VM had on VMware, and the root file system (the image is hostonly).
 PH_DRIVER_LIST=(vmw_pvscsi mptspi mptsas ahci libahci ata_piix sd_mod vmxnet3)
 PH_CHECK_MODULES=(vmw_pvscsi ahci sd_mod ext4)
-# Photon's kernel command line (its linux.spec) without "quiet", so that a boot test sees what
-# the kernel and dracut say; the serial console for the test harness.
-PH_CMDLINE="init=/lib/systemd/systemd ro loglevel=3 console=tty0 console=ttyS0,115200n8"
+# Photon's kernel command line (its linux.spec) without "quiet" and "loglevel=3", so that a boot
+# test sees what the kernel and dracut say (with loglevel=3 dracut's "initqueue: timeout" never
+# reaches the console and an unfixed boot on virtio was only known to fail at the 420 s
+# timeout); the serial console for the test harness.
+PH_CMDLINE="init=/lib/systemd/systemd ro console=tty0 console=ttyS0,115200n8"
 
 # The installer's grub.cfg as mk-setup-grub.sh writes it for a /boot on the root file system,
 # with the serial terminal in place of gfxterm and the theme (the test harness reads the serial

@@ -317,8 +317,14 @@ fn debian13_systemd_boot_guest_with_bls_entries_comes_up_whole_on_virtio() {
     // The guest's own initramfs-tools hook may already have copied the rebuilt image to the
     // ESP (then nothing is left to refresh); the virtio boot below is what proves the entry
     // loads an image with virtio.
-    eprintln!("systemd-boot step: {}", fix_record(&report, "systemd-boot")["summary"]);
-    eprintln!("initramfs step: {}", fix_record(&report, "initramfs")["summary"]);
+    eprintln!(
+        "systemd-boot step: {}",
+        fix_record(&report, "systemd-boot")["summary"]
+    );
+    eprintln!(
+        "initramfs step: {}",
+        fix_record(&report, "initramfs")["summary"]
+    );
     let (run, json) = probe(&[&out], "virtio", &[new_mac], &["ens192"]);
     assert_whole("fixed on virtio with a new MAC", &run, &json);
     assert!(has_ipv4(interface(&json, "ens192").unwrap(), "10.0.2.15"));
