@@ -1121,18 +1121,7 @@ fn a_full_fix_through_the_daemon_survives_a_kill_9_in_the_middle() {
     );
     let text = String::from_utf8(sp.workflow(&["list", "--processed"]).stdout).unwrap();
     eprintln!("$ h2k-guest workflow list --processed\n{text}");
-    let stages: Vec<String> = report["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            format!(
-                "{} {:.1}s",
-                t["stage"].as_str().unwrap(),
-                t["seconds"].as_f64().unwrap()
-            )
-        })
-        .collect();
+    let stages = common::timeline(&report);
     eprintln!(
         "full job through the daemon: {:.1} s from restart to report ({:.1} s in the job; accelerator {}); stages: {}",
         wall.as_secs_f64(),

@@ -257,18 +257,7 @@ fn photon5_uefi_through_the_seed_daemon_scenario_comes_up_whole_on_virtio() {
     let job_dir = output.join(&today).join("photon");
     let out: PathBuf = job_dir.join("photon-converted.qcow2");
     assert!(out.is_file(), "no output at {}", out.display());
-    let timeline: Vec<String> = report["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            format!(
-                "{} {:.1}s",
-                t["stage"].as_str().unwrap(),
-                t["seconds"].as_f64().unwrap()
-            )
-        })
-        .collect();
+    let timeline = common::timeline(&report);
     eprintln!(
         "seed scenario: {:.1} s from submit to processed; stages: {}",
         wall.as_secs_f64(),

@@ -202,6 +202,23 @@ where
     }
 }
 
+/// A job report's stage timeline, `stage 1.2s` each.
+#[allow(dead_code)]
+pub fn timeline(report: &serde_json::Value) -> Vec<String> {
+    report["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {:.1}s",
+                t["stage"].as_str().unwrap(),
+                t["seconds"].as_f64().unwrap()
+            )
+        })
+        .collect()
+}
+
 /// The last `n` lines of a text.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

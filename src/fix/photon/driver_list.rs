@@ -112,14 +112,8 @@ mod tests {
 
     const LINUX: &str = "--add-drivers \"xen-scsifront xen-blkfront xen-acpi-processor xen-evtchn xen-gntalloc xen-gntdev xen-privcmd xen-pciback xenfs hv_utils hv_vmbus hv_storvsc hv_netvsc hv_sock hv_balloon virtio_blk virtio-rng virtio_console virtio_crypto virtio_mem vmw_vsock_virtio_transport vmw_vsock_virtio_transport_common 9pnet_virtio vrf\"\n";
     const ESX: &str = "--add-drivers \"lvm dm-mod\"\n";
-    const VIRTIO: &[&str] = &[
-        "virtio_blk",
-        "virtio_scsi",
-        "virtio_pci",
-        "virtio_net",
-        "virtio_ring",
-        "virtio",
-    ];
+    // The list the fix step registers.
+    const VIRTIO: &[&str] = crate::inspect::VIRTIO_MODULES;
 
     fn words(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
