@@ -20,7 +20,18 @@ fi
 # and make-guest.sh/make-layout.sh lock separate caches, so they run side by side too.
 logs=$(mktemp -d)
 # A failed build or test must not leave the image builders running (they clean up on SIGTERM).
-trap 'kill $(jobs -p) 2>/dev/null; wait; rm -rf "$logs"' EXIT
+# `kill` with no jobs left exits 2, and under `set -e` that would become the script's status:
+# keep the status of the run itself.
+stop_builders() {
+    local status=$?
+    local pids
+    pids=$(jobs -p)
+    if [ -n "$pids" ]; then kill $pids 2>/dev/null || true; fi
+    wait || true
+    rm -rf "$logs"
+    exit "$status"
+}
+trap stop_builders EXIT
 images_start=$(date +%s)
 if [ "$fast" = 0 ]; then
     (bash scripts/make-fixture.sh all && bash scripts/make-variant.sh all) >"$logs/fixtures.out" 2>"$logs/fixtures.err" &
