@@ -215,6 +215,12 @@ struct FixArgs {
     /// Rebuild the initramfs even when virtio drivers are already in it.
     #[arg(long)]
     force_initramfs: bool,
+    /// How virtio gets into the initramfs: `rebuild` with the guest's own tool, `append` the
+    /// missing modules (with a fresh module index) to the existing image, or `auto`: append
+    /// when the extended image verifies, else rebuild (default: auto, or the manifest's
+    /// `initramfs_strategy`).
+    #[arg(long, value_name = "rebuild|append|auto")]
+    initramfs: Option<String>,
     /// Remove VMware Tools (open-vm-tools) from the guest.
     #[arg(long)]
     remove_vmware_tools: bool,
@@ -450,6 +456,11 @@ fn plan_from_args(args: &FixArgs) -> Result<Plan> {
     plan.fix.regenerate_grub |= args.regenerate_grub;
     plan.fix.initramfs &= !args.no_initramfs;
     plan.fix.force_initramfs |= args.force_initramfs;
+    if let Some(s) = &args.initramfs {
+        plan.fix.initramfs_strategy = s
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--initramfs: {e}"))?;
+    }
     plan.fix.remove_vmware_tools |= args.remove_vmware_tools;
     plan.fix.guest_agent |= args.install_guest_agent;
     plan.fix.network_cleanup &= !args.no_network_cleanup;

@@ -130,6 +130,8 @@ pub struct FixPlan {
     pub initramfs: bool,
     /// Rebuild the initramfs even when virtio drivers are already present.
     pub force_initramfs: bool,
+    /// How the virtio drivers get into the initramfs (`--initramfs`).
+    pub initramfs_strategy: InitramfsStrategy,
     pub remove_vmware_tools: bool,
     /// Install qemu-guest-agent offline (Debian 11/12/13: fetched on the host, installed with
     /// the guest's dpkg).
@@ -155,6 +157,7 @@ impl Default for FixPlan {
             regenerate_grub: false,
             initramfs: true,
             force_initramfs: false,
+            initramfs_strategy: InitramfsStrategy::Auto,
             remove_vmware_tools: false,
             guest_agent: false,
             network_cleanup: true,
@@ -376,6 +379,49 @@ pub fn merge_nic_flags(nics: &mut Vec<NicPlan>, flags: &[String]) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// How the initramfs step puts the virtio drivers into the image of the kernel that boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitramfsStrategy {
+    /// Regenerate the image with the guest's own dracut / update-initramfs.
+    Rebuild,
+    /// Append the missing modules (and a fresh module index, and the image's copies of the
+    /// files this run changed) as a cpio archive to the existing image; fail if it cannot.
+    Append,
+    /// Append when the image can be read and extended and the result verifies, else rebuild.
+    #[default]
+    Auto,
+}
+
+impl InitramfsStrategy {
+    pub const CHOICES: &'static [(&'static str, InitramfsStrategy)] = &[
+        ("rebuild", InitramfsStrategy::Rebuild),
+        ("append", InitramfsStrategy::Append),
+        ("auto", InitramfsStrategy::Auto),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitramfsStrategy::Rebuild => "rebuild",
+            InitramfsStrategy::Append => "append",
+            InitramfsStrategy::Auto => "auto",
+        }
+    }
+}
+
+impl std::str::FromStr for InitramfsStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::CHOICES
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                format!("unknown initramfs strategy {s:?} (expected rebuild, append or auto)")
+            })
+    }
 }
 
 /// What the network step does with the interface names the guest configures.

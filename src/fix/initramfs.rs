@@ -12,10 +12,12 @@
 
 use std::time::Instant;
 
+use super::initramfs_append::{self as append, AppendError};
 use super::initramfs_conf_apply as conf;
 use super::{record, skipped, FixError, Guest};
 use super::{FileChange, FixRecord};
 use crate::inspect::{self, InitramfsTool, Kernel};
+use crate::plan::InitramfsStrategy;
 
 /// Drivers that must be in the initramfs for a virtio disk and NIC.
 pub const REQUIRED: &[&str] = &["virtio_blk", "virtio_scsi", "virtio_pci", "virtio_net"];
@@ -107,7 +109,15 @@ pub fn select_kernels<'a>(
     (chosen, others)
 }
 
-pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<FixRecord, FixError> {
+/// `earlier` lists the guest files the steps before this one changed: the image's copies of
+/// them must be current too (the append strategy replaces them, a rebuild copies them anew).
+pub fn run(
+    guest: &Guest,
+    force: bool,
+    strategy: InitramfsStrategy,
+    earlier: &[String],
+    warnings: &mut Vec<String>,
+) -> Result<FixRecord, FixError> {
     let started = Instant::now();
     let os = guest.os;
     let (chosen, others) = select_kernels(&os.kernels, os.default_kernel.as_deref());
@@ -241,6 +251,30 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
         }
     };
 
+    let mut append_declined = None;
+    if strategy != InitramfsStrategy::Rebuild {
+        let mut changed: Vec<String> = earlier.to_vec();
+        changed.extend(files.iter().map(|f| f.path.clone()));
+        let mut extra: Vec<String> = rebuild_reason
+            .iter()
+            .map(|why| format!("the image was not proven: {why}"))
+            .collect();
+        extra.extend(notes.iter().cloned());
+        let target = AppendTarget {
+            kernel: &kernel.version,
+            initramfs: &initramfs,
+            tool: os.initramfs_tool,
+            tool_name: tool,
+        };
+        match try_append(guest, strategy, &target, &changed, files, &extra, started)? {
+            Ok(done) => return Ok(done),
+            Err((why, kept)) => {
+                append_declined = Some(why);
+                files = kept;
+            }
+        }
+    }
+
     // Keep the old image until the new one is verified; put it back if anything fails.
     let saved = format!("{initramfs}.h2k-old");
     guest.g.cp(&initramfs, &saved).map_err(Guest::err(STEP))?;
@@ -273,6 +307,11 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
             if let Some(why) = &rebuild_reason {
                 note.push_str(&format!("; rebuilt although the drivers were there: {why}"));
             }
+            if let Some(why) = &append_declined {
+                note.push_str(&format!(
+                    "; rebuilt because appending was not possible: {why}"
+                ));
+            }
             for n in &notes {
                 note.push_str("; ");
                 note.push_str(n);
@@ -295,6 +334,87 @@ pub fn run(guest: &Guest, force: bool, warnings: &mut Vec<String>) -> Result<Fix
         Err(e) => {
             let _ = guest.g.mv(&saved, &initramfs);
             Err(e)
+        }
+    }
+}
+
+/// The image the initramfs step works on.
+pub struct AppendTarget<'a> {
+    pub kernel: &'a str,
+    pub initramfs: &'a str,
+    pub tool: InitramfsTool,
+    /// The guest's generator as the report names it (`update-initramfs`, `dracut`).
+    pub tool_name: &'a str,
+}
+
+/// The append strategy for `target`: Ok(Ok(record)) when appended (or nothing was needed);
+/// Ok(Err((reason, files))) when `auto` declines and the caller rebuilds; an error when
+/// `append` was demanded and is not possible. `files` are the step's changes so far and
+/// `extra` notes for the image's entry. `changed` lists the guest files this run changed.
+pub fn try_append(
+    guest: &Guest,
+    strategy: InitramfsStrategy,
+    target: &AppendTarget,
+    changed: &[String],
+    mut files: Vec<FileChange>,
+    extra: &[String],
+    started: Instant,
+) -> Result<Result<FixRecord, (String, Vec<FileChange>)>, FixError> {
+    let t = Instant::now();
+    let all: Vec<&str> = REQUIRED.iter().chain(ALSO).copied().collect();
+    let outcome = append::append(
+        guest,
+        target.kernel,
+        target.initramfs,
+        target.tool,
+        &all,
+        REQUIRED,
+        changed,
+    );
+    match outcome {
+        Ok(None) => Ok(Ok(record(
+            STEP,
+            started,
+            files,
+            format!(
+                "initramfs of {} already has the virtio drivers and carries no copy of a file this run changed: nothing appended",
+                target.kernel
+            ),
+        ))),
+        Ok(Some(a)) => {
+            let mut note = append::note(&a, t.elapsed().as_secs_f64());
+            for n in extra {
+                note.push_str("; ");
+                note.push_str(n);
+            }
+            files.push(FileChange {
+                path: target.initramfs.to_string(),
+                diff: String::new(),
+                note,
+            });
+            Ok(Ok(record(
+                STEP,
+                started,
+                files,
+                format!(
+                    "virtio drivers appended to the initramfs of {} ({}'s configuration includes them for its next rebuild)",
+                    target.kernel, target.tool_name
+                ),
+            )))
+        }
+        Err(AppendError::Fix(e)) => Err(e),
+        Err(AppendError::Unsuitable(why)) if strategy == InitramfsStrategy::Append => {
+            Err(FixError::Failed {
+                step: STEP,
+                message: format!(
+                    "cannot append to {} (--initramfs append): {why}",
+                    target.initramfs
+                ),
+            })
+        }
+        Err(AppendError::Unsuitable(why)) => {
+            log::info!("{}: not appending ({why}); rebuilding", target.initramfs);
+            Ok(Err((why, files)))
         }
     }
 }

@@ -56,6 +56,13 @@ impl ModuleDeps {
         ModuleDeps { by_name }
     }
 
+    /// Every module listed: (name, path), by name.
+    pub fn modules(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.by_name
+            .iter()
+            .map(|(n, (p, _))| (n.as_str(), p.as_str()))
+    }
+
     pub fn path_of(&self, name: &str) -> Option<&str> {
         self.by_name.get(name).map(|(p, _)| p.as_str())
     }

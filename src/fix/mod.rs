@@ -12,6 +12,7 @@ pub mod grub_apply;
 pub mod guest_agent;
 pub mod guest_agent_fetch;
 pub mod initramfs;
+pub mod initramfs_append;
 pub mod initramfs_conf_apply;
 pub mod initramfs_verify;
 pub mod modprobe_conf;
@@ -237,6 +238,17 @@ pub fn skipped(name: &str, why: &str) -> FixRecord {
     }
 }
 
+/// The guest files the records changed (created, edited or removed), once each.
+pub fn changed_paths(records: &[FixRecord]) -> Vec<String> {
+    let mut paths: Vec<String> = records
+        .iter()
+        .flat_map(|r| r.files.iter().map(|f| f.path.clone()))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
 /// Run every enabled fix in order. fstab first (the initramfs and GRUB read it), then the
 /// resume device of the initramfs configuration, then the network (the initramfs's udev hook
 /// copies its `.link` files), then the initramfs, then GRUB (grub-mkconfig lists the rebuilt
@@ -283,10 +295,26 @@ pub fn apply_all(
     match &guest.os.photon {
         // Photon's installer wrote grub.cfg once: its kernel choice, command line and
         // driver list are Photon's own files, repaired by its own step.
-        Some(photon) => records.extend(photon::run(guest, photon, plan, force_rebuild, warnings)?),
+        Some(photon) => {
+            let earlier = changed_paths(&records);
+            records.extend(photon::run(
+                guest,
+                photon,
+                plan,
+                force_rebuild,
+                &earlier,
+                warnings,
+            )?)
+        }
         None => {
             records.push(if plan.initramfs {
-                initramfs::run(guest, force_rebuild, warnings)?
+                initramfs::run(
+                    guest,
+                    force_rebuild,
+                    plan.initramfs_strategy,
+                    &changed_paths(&records),
+                    warnings,
+                )?
             } else {
                 skipped("initramfs", "disabled")
             });

@@ -28,6 +28,7 @@ mod cpio;
 mod decompress;
 mod input;
 mod limits;
+pub mod newc;
 
 use std::fmt;
 use std::fs::File;

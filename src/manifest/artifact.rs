@@ -10,7 +10,7 @@ use super::paths::*;
 use super::value::*;
 use crate::plan::{
     normalize_mac, valid_interface_name, ConvertPlan, Dialect, DiskPlan, DiskType, Firmware,
-    FixPlan, NetworkMode, NicPlan, Plan, ValidatePlan, VmPlan,
+    FixPlan, InitramfsStrategy, NetworkMode, NicPlan, Plan, ValidatePlan, VmPlan,
 };
 
 pub(super) const ARTIFACT_TOP_KEYS: &[&str] = &[
@@ -63,6 +63,7 @@ pub(super) const ARTIFACT_FIX_KEYS: &[&str] = &[
     "remove_vmware_tools",
     // h2k-guest extensions, for parity with the seed format.
     "force_initramfs",
+    "initramfs_strategy",
     "regenerate_grub",
     "network_cleanup",
     "network_mode",
@@ -410,6 +411,9 @@ pub(super) fn artifact_fix(f: &Obj, fix: &mut FixPlan) -> Res<()> {
         fix.force_initramfs = true;
         fix.initramfs = true;
     }
+    if let Some(strategy) = f.choice("initramfs_strategy", InitramfsStrategy::CHOICES)? {
+        fix.initramfs_strategy = strategy;
+    }
     f.set_bool("regenerate_grub", &mut fix.regenerate_grub)?;
     f.set_bool("network_cleanup", &mut fix.network_cleanup)?;
     if let Some(mode) = f.choice("network_mode", NETWORK_MODES)? {
@@ -466,6 +470,31 @@ mod tests {
             let err = nic(value.clone()).unwrap_err();
             assert!(err.starts_with(&format!("{key}:")), "{value}: {err}");
         }
+    }
+
+    #[test]
+    fn fix_initramfs_strategy_is_read() {
+        let read = |value: serde_json::Value| {
+            let f = Obj::open(
+                "pipeline.fix".into(),
+                &value,
+                ARTIFACT_FIX_KEYS,
+                &mut Vec::new(),
+            )
+            .ok()
+            .unwrap();
+            let mut fix = FixPlan::default();
+            artifact_fix(&f, &mut fix).map(|_| fix.initramfs_strategy)
+        };
+        assert_eq!(
+            FixPlan::default().initramfs_strategy,
+            InitramfsStrategy::Auto
+        );
+        assert_eq!(
+            read(json!({"initramfs_strategy": "rebuild"})).ok(),
+            Some(InitramfsStrategy::Rebuild)
+        );
+        assert!(read(json!({"initramfs_strategy": "patch"})).is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::{record, skipped, unified_diff, FileChange, FixError, FixRecord, Gues
 use crate::fix::grub::Resolve;
 use crate::inspect::InitramfsTool;
 use crate::inspect_photon::{confined_boot_path, PhotonBoot, DRIVER_LIST_DIR, PHOTON_CFG};
+use crate::plan::InitramfsStrategy;
 use kernel_choice::{choose, missing_drivers, Candidate, Choice};
 
 const GRUB_STEP: &str = "grub";
@@ -40,6 +41,7 @@ pub fn run(
     photon: &PhotonBoot,
     plan: &crate::plan::FixPlan,
     force: bool,
+    earlier: &[String],
     warnings: &mut Vec<String>,
 ) -> Result<Vec<FixRecord>, FixError> {
     let mut records = Vec::new();
@@ -63,7 +65,12 @@ pub fn run(
         booted
     };
     if plan.initramfs {
-        records.push(run_initramfs(guest, &kernel, force, warnings)?);
+        let how = Rebuild {
+            force,
+            strategy: plan.initramfs_strategy,
+            earlier,
+        };
+        records.push(run_initramfs(guest, &kernel, &how, warnings)?);
     } else {
         records.push(skipped(INITRAMFS_STEP, "disabled"));
     }
@@ -256,12 +263,22 @@ fn run_grub(
 
 /// Register the virtio drivers for `kernel`, then rebuild and verify its image unless it is
 /// proven to boot virtio already.
+/// How the initramfs step may renew the image.
+struct Rebuild<'a> {
+    /// Even when the drivers are there.
+    force: bool,
+    strategy: InitramfsStrategy,
+    /// Guest files changed by the steps before.
+    earlier: &'a [String],
+}
+
 fn run_initramfs(
     guest: &Guest,
     kernel: &str,
-    force: bool,
+    how: &Rebuild,
     warnings: &mut Vec<String>,
 ) -> Result<FixRecord, FixError> {
+    let force = how.force;
     let started = Instant::now();
     if guest.os.initramfs_tool != InitramfsTool::Dracut {
         return Err(failed(
@@ -333,6 +350,38 @@ fn run_initramfs(
         }
     }
 
+    let mut append_declined = None;
+    if exists && how.strategy != InitramfsStrategy::Rebuild {
+        let mut changed = how.earlier.to_vec();
+        changed.extend(files.iter().map(|f| f.path.clone()));
+        let mut extra: Vec<String> = rebuild_reason
+            .iter()
+            .map(|why| format!("the image was not proven: {why}"))
+            .collect();
+        extra.extend(notes.iter().cloned());
+        let target = initramfs::AppendTarget {
+            kernel,
+            initramfs: &initrd,
+            tool: InitramfsTool::Dracut,
+            tool_name: "dracut",
+        };
+        match initramfs::try_append(
+            guest,
+            how.strategy,
+            &target,
+            &changed,
+            files,
+            &extra,
+            started,
+        )? {
+            Ok(done) => return Ok(done),
+            Err((why, kept)) => {
+                append_declined = Some(why);
+                files = kept;
+            }
+        }
+    }
+
     let list_args = driver_list::split_args(&new_list)
         .map_err(|e| failed(INITRAMFS_STEP, format!("{list_path}: {e}")))?;
     let compressor = initramfs::fast_compressor(guest);
@@ -386,6 +435,11 @@ fn run_initramfs(
     );
     if let Some(why) = rebuild_reason {
         note.push_str(&format!("; rebuilt although the drivers were there: {why}"));
+    }
+    if let Some(why) = append_declined {
+        note.push_str(&format!(
+            "; rebuilt because appending was not possible: {why}"
+        ));
     }
     for n in &notes {
         note.push_str("; ");
