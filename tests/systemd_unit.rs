@@ -1,6 +1,7 @@
 //! The systemd unit checked by systemd's own tools, and the daemon's sd_notify messages seen
 //! on a socket this test owns (no appliance: the spool is empty).
 
+use std::io::BufRead;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -151,4 +152,33 @@ fn the_daemon_notifies_ready_watchdog_reload_and_stopping() {
     assert!(stopping.contains("SIGTERM"), "{stopping}");
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn stderr_to_the_journal_gets_priorities_and_no_timestamps() {
+    let d = tempfile::tempdir().unwrap();
+    // The pipe's inode is the same at both ends: the daemon sees its stderr is "the journal".
+    let (read_end, write_end) = std::io::pipe().unwrap();
+    let st = nix::sys::stat::fstat(&read_end).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("daemon")
+        .arg("--dir")
+        .arg(d.path().join("spool"))
+        .arg("--output-dir")
+        .arg(d.path().join("out"))
+        .env("JOURNAL_STREAM", format!("{}:{}", st.st_dev, st.st_ino))
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(write_end)
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(read_end).lines();
+    let ready = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("daemon ready"))
+        .expect("a ready line");
+    assert!(ready.starts_with("<6>INFO  [daemon] "), "{ready}");
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
