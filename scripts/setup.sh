@@ -18,6 +18,7 @@ PACKAGES=(
     linux-image-amd64 libclang-dev clang pkg-config
     ovmf debootstrap dosfstools e2fsprogs xfsprogs btrfs-progs lvm2 parted gdisk fdisk util-linux zstd
     qemu-utils
+    systemd
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)
 

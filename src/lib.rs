@@ -35,3 +35,4 @@ pub mod validate;
 pub mod version;
 pub mod workdir;
 pub mod workflow;
+pub mod workflow_watch;

@@ -7,6 +7,10 @@
 //!   `workflow status`;
 //! - the last lines of each job are kept for its `error.json` (`log_tail`), whatever the
 //!   verbosity.
+//!
+//! When stderr is the journal's stream (`$JOURNAL_STREAM` names its device and inode, as
+//! systemd sets it for `StandardError=journal`), lines on stderr carry a `<N>` syslog priority
+//! prefix and no timestamp (journald records both); the log file keeps the full format.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -102,6 +106,37 @@ struct Logger {
     file: Option<Mutex<File>>,
     /// Scope of lines logged outside a job ("daemon"); None prints no scope (the CLI).
     outside_jobs: Option<&'static str>,
+    /// stderr goes to journald: `<N>` priority prefix, no timestamp.
+    journal: bool,
+}
+
+/// The syslog priority journald reads from a `<N>` line prefix.
+fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// Is `$JOURNAL_STREAM` (`DEVICE:INODE`) our stderr? A child that inherited the variable but
+/// not the stream (stderr redirected) must keep the plain format.
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var("JOURNAL_STREAM").ok() else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    journal_stream_matches(&v, st.st_dev, st.st_ino)
+}
+
+fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
+    value
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((dev, ino))
 }
 
 /// `stage NAME: start`, as [`crate::report::Report::stage`] logs it.
@@ -173,7 +208,13 @@ impl Log for Logger {
             c.push(&line);
         }
         if record.level() <= self.print {
-            let _ = std::io::stderr().write_all(line.as_bytes());
+            let _ = if self.journal {
+                let untimed = line.split_once(' ').map_or(&line[..], |(_, rest)| rest);
+                let prio = syslog_priority(record.level());
+                std::io::stderr().write_all(format!("<{prio}>{untimed}").as_bytes())
+            } else {
+                std::io::stderr().write_all(line.as_bytes())
+            };
             if let Some(f) = &self.file {
                 if let Ok(mut f) = f.lock() {
                     let _ = f.write_all(line.as_bytes());
@@ -227,6 +268,7 @@ fn install(
         print,
         file,
         outside_jobs,
+        journal: stderr_is_journal(),
     }))
     .is_ok()
     {
@@ -259,6 +301,15 @@ mod tests {
             escape_controls("a\nFAKE ERROR\r\t\u{1b}[31m"),
             "a\\nFAKE ERROR\\r\\t\\u{1b}[31m"
         );
+    }
+
+    #[test]
+    fn the_journal_stream_is_matched_by_device_and_inode() {
+        assert!(journal_stream_matches("8:1234", 8, 1234));
+        assert!(!journal_stream_matches("8:1234", 8, 1235));
+        assert!(!journal_stream_matches("8", 8, 1234));
+        assert!(!journal_stream_matches("", 0, 0));
+        assert_eq!(syslog_priority(Level::Warn), 4);
     }
 
     #[test]

@@ -693,6 +693,8 @@ enum WorkflowCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Live view of queue depth and running jobs (plain lines when not a terminal).
+    Watch(h2k_guest::workflow_watch::WatchArgs),
     /// Submit manifests atomically (copied under a hidden temp name, then renamed in).
     Submit {
         #[arg(required = true, value_name = "MANIFEST")]
@@ -758,6 +760,7 @@ fn workflow_cmd(cmd: WorkflowCommand) -> Result<()> {
                 out!("{}", workflow::render_list(&entries));
             }
         }
+        WorkflowCommand::Watch(args) => h2k_guest::workflow_watch::run(&args)?,
         WorkflowCommand::Submit { files, spool } => {
             let sp = spool_of(&spool)?;
             for f in &files {

@@ -79,6 +79,8 @@ pub struct DaemonConfig {
     pub rescan: Duration,
     /// Look for orphans in `processing/` this often.
     pub recover: Duration,
+    /// What this was resolved from, for a SIGHUP reload.
+    pub overrides: Overrides,
 }
 
 impl DaemonConfig {
@@ -96,6 +98,7 @@ impl DaemonConfig {
             settle: Duration::from_secs(1),
             rescan: Duration::from_secs(2),
             recover: Duration::from_secs(5),
+            overrides: Overrides::default(),
         }
     }
 }
@@ -233,6 +236,7 @@ pub fn resolve(o: &Overrides) -> Result<(DaemonConfig, Vec<String>), ConfigError
     }
     cfg.appliance.accel = o.accel;
     cfg.appliance.verbose = cfg.verbose >= 3;
+    cfg.overrides = o.clone();
     Ok((cfg, warnings))
 }
 

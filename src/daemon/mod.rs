@@ -31,11 +31,19 @@
 //! are cancelled at their next safe point and re-queued; with `on_stop: finish` they run to the
 //! end (a second signal aborts them). Then the daemon exits 0. A third signal exits at once
 //! (recovery at the next start puts its jobs back in the queue).
+//!
+//! **Reloading.** SIGHUP reads the configuration again (flags still win over the file). The
+//! output directory, `max_concurrent_jobs`, `on_stop`, `max_attempts` and `max_manifest_bytes`
+//! apply to jobs claimed from then on; the spool directory, the log file and the verbosity need
+//! a restart. A configuration that does not parse is logged and the running one kept. Under
+//! systemd (`Type=notify`) the daemon says READY=1 after its first scan, RELOADING=1 / READY=1
+//! around a reload, STOPPING=1 on a stop signal, and WATCHDOG=1 at half of `WatchdogSec`.
 
 mod claim;
 mod config;
 pub mod job;
 mod ledger;
+mod notify;
 pub mod records;
 mod recover;
 pub mod spool;
@@ -107,6 +115,9 @@ struct Daemon {
     requeued: u64,
     last_state: Option<DaemonState>,
     last_write: Instant,
+    notify: notify::Notifier,
+    /// The last STATUS= sent to systemd.
+    last_status: String,
 }
 
 impl Daemon {
@@ -174,6 +185,130 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// One line for systemd's `STATUS=` (shown by `systemctl status`).
+    fn status_line(&self) -> String {
+        format!(
+            "{} job(s) of {} running; {} processed, {} failed, {} re-queued",
+            self.running.len(),
+            self.cfg().max_concurrent_jobs,
+            self.processed,
+            self.failed,
+            self.requeued
+        )
+    }
+
+    /// Tell systemd when the counts changed (the main loop calls this on every turn).
+    fn update_status(&mut self) {
+        let line = self.status_line();
+        if line != self.last_status && !self.stopping {
+            self.notify.status(&line);
+            self.last_status = line;
+        }
+    }
+
+    /// SIGHUP: resolve the configuration again; jobs already running keep the one they started with.
+    fn reload(&mut self) {
+        self.notify.reloading();
+        let overrides = self.cfg().overrides.clone();
+        let source = match &overrides.config {
+            Some(p) => p.display().to_string(),
+            None => "the command line (no --config)".into(),
+        };
+        match resolve(&overrides) {
+            Err(e) => log::error!("SIGHUP: {e}; keeping the running configuration"),
+            Ok((new, warnings)) => {
+                for w in &warnings {
+                    log::warn!("{w}");
+                }
+                let (new, changes, restart) = merge_reloaded(self.cfg(), new);
+                log::info!(
+                    "SIGHUP: configuration reloaded from {source}: {}",
+                    if changes.is_empty() {
+                        "nothing changed".to_string()
+                    } else {
+                        changes.join(", ")
+                    }
+                );
+                if !restart.is_empty() {
+                    log::warn!(
+                        "SIGHUP: a restart is needed to change {}",
+                        restart.join(", ")
+                    );
+                }
+                if let Err(e) = std::fs::create_dir_all(&new.output_dir) {
+                    log::error!("{}: cannot create the output directory: {e}; keeping the running configuration", new.output_dir.display());
+                } else {
+                    self.shared = Arc::new(Shared {
+                        spool: self.shared.spool.clone(),
+                        cfg: new,
+                        cancel: Arc::clone(&self.shared.cancel),
+                    });
+                }
+            }
+        }
+        self.last_status = self.status_line();
+        self.notify.ready(&self.last_status);
+    }
+}
+
+/// The reloaded configuration with what cannot change while running kept as it was; also
+/// what changed (`key old → new`) and what needs a restart.
+fn merge_reloaded(
+    old: &DaemonConfig,
+    mut new: DaemonConfig,
+) -> (DaemonConfig, Vec<String>, Vec<String>) {
+    let mut changes = Vec::new();
+    let mut note = |key: &str, a: String, b: String| {
+        if a != b {
+            changes.push(format!("{key} {a} → {b}"));
+        }
+    };
+    note(
+        "output_dir",
+        old.output_dir.display().to_string(),
+        new.output_dir.display().to_string(),
+    );
+    note(
+        "max_concurrent_jobs",
+        old.max_concurrent_jobs.to_string(),
+        new.max_concurrent_jobs.to_string(),
+    );
+    note(
+        "on_stop",
+        old.on_stop.as_str().into(),
+        new.on_stop.as_str().into(),
+    );
+    note(
+        "max_attempts",
+        old.max_attempts.to_string(),
+        new.max_attempts.to_string(),
+    );
+    note(
+        "max_manifest_bytes",
+        old.max_manifest_bytes.to_string(),
+        new.max_manifest_bytes.to_string(),
+    );
+    let mut restart = Vec::new();
+    if new.dir != old.dir {
+        restart.push(format!(
+            "manifest_workflow_dir (still {})",
+            old.dir.display()
+        ));
+        new.dir = old.dir.clone();
+    }
+    if new.log_file != old.log_file {
+        restart.push("log_file".to_string());
+        new.log_file = old.log_file.clone();
+    }
+    if new.verbose != old.verbose {
+        restart.push("verbose".to_string());
+        new.verbose = old.verbose;
+        new.appliance.verbose = old.appliance.verbose;
+    }
+    (new, changes, restart)
+}
+
 /// The job name of a manifest: its file name without the extension, file-name safe.
 pub fn job_name(manifest: &OsStr) -> String {
     let s = manifest.to_string_lossy();
@@ -196,5 +331,22 @@ mod tests {
         );
         assert_eq!(job_name(OsStr::new("my vm.yaml")), "my_vm");
         assert_eq!(job_name(OsStr::new("junkdir")), "junkdir");
+    }
+
+    #[test]
+    fn a_reload_changes_the_job_settings_and_keeps_the_spool() {
+        let old = DaemonConfig::new("/spool".into(), "/out".into());
+        let mut new = DaemonConfig::new("/elsewhere".into(), "/out2".into());
+        new.max_concurrent_jobs = 3;
+        new.verbose = 2;
+        let (merged, changes, restart) = merge_reloaded(&old, new);
+        assert_eq!(merged.dir, std::path::PathBuf::from("/spool"));
+        assert_eq!(merged.output_dir, std::path::PathBuf::from("/out2"));
+        assert_eq!((merged.max_concurrent_jobs, merged.verbose), (3, 1));
+        assert_eq!(
+            changes,
+            ["output_dir /out → /out2", "max_concurrent_jobs 1 → 3"]
+        );
+        assert_eq!(restart, ["manifest_workflow_dir (still /spool)", "verbose"]);
     }
 }

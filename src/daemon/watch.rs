@@ -137,6 +137,8 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
         requeued: 0,
         last_state: None,
         last_write: Instant::now(),
+        notify: super::notify::Notifier::from_env(),
+        last_status: String::new(),
     };
     d.write_state(true);
     d.recover();
@@ -152,6 +154,8 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
         cfg.on_stop.as_str(),
         cfg.max_attempts
     );
+    d.last_status = d.status_line();
+    d.notify.ready(&d.last_status);
 
     let mut next_rescan = Instant::now() + cfg.rescan;
     let mut next_recover = Instant::now() + cfg.recover;
@@ -207,11 +211,14 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
             next_rescan = Instant::now() + cfg.rescan;
         }
         d.write_state(false);
+        d.update_status();
+        d.notify.keep_alive();
         if d.stopping && d.running.is_empty() {
             break;
         }
-        let timeout = if d.running.is_empty() { 500 } else { 250 };
-        first = match rx.recv_timeout(Duration::from_millis(timeout)) {
+        let timeout = Duration::from_millis(if d.running.is_empty() { 500 } else { 250 });
+        let timeout = d.notify.ping_interval().map_or(timeout, |p| timeout.min(p));
+        first = match rx.recv_timeout(timeout) {
             Ok(ev) => Some(ev),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -238,7 +245,9 @@ impl Daemon {
             _ => "signal",
         };
         if sig == signal_hook::consts::SIGHUP {
-            log::info!("SIGHUP: rescanning (the configuration is read at start-up only)");
+            if !self.stopping {
+                self.reload();
+            }
             return;
         }
         self.signals += 1;
@@ -246,6 +255,8 @@ impl Daemon {
         match self.signals {
             1 => {
                 self.stopping = true;
+                self.notify
+                    .stopping(&format!("{name}: stopping, {n} job(s) running"));
                 if self.cfg().on_stop == OnStop::Abort {
                     self.shared.cancel.store(true, Ordering::SeqCst);
                     log::info!("{name}: stopping; taking no new work; aborting {n} running job(s) (they go back to the queue)");
