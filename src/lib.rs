@@ -33,5 +33,6 @@ pub mod report;
 pub mod util;
 pub mod validate;
 pub mod version;
+pub mod webhook;
 pub mod workdir;
 pub mod workflow;

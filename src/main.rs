@@ -637,6 +637,13 @@ struct DaemonArgs {
     /// Tries of one manifest (daemon crashes included) before it is filed as failed [default: 3].
     #[arg(long, value_name = "N")]
     max_attempts: Option<u32>,
+    /// POST job events (claimed, finished, failed) as JSON to URL; repeatable. Replaces the
+    /// config's webhooks: list.
+    #[arg(long = "webhook", value_name = "URL")]
+    webhooks: Vec<String>,
+    /// Sign every --webhook body (X-H2K-Signature: sha256=HMAC) with the key in PATH.
+    #[arg(long, value_name = "PATH", requires = "webhooks")]
+    webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -703,6 +710,8 @@ fn daemon_cmd(args: &DaemonArgs, global: &GlobalArgs) -> Result<()> {
         on_stop: args.on_stop,
         max_attempts: args.max_attempts,
         accel: global.accel,
+        webhooks: args.webhooks.clone(),
+        webhook_secret_file: args.webhook_secret_file.clone(),
     };
     let (cfg, warnings) = daemon::resolve(&overrides)?;
     Ok(daemon::run(cfg, warnings)?)
