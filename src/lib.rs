@@ -11,6 +11,7 @@
 
 pub mod accel;
 pub mod appliance;
+pub mod batch;
 pub mod convert;
 pub mod daemon;
 pub mod devices;
