@@ -11,6 +11,7 @@
 
 pub mod accel;
 pub mod appliance;
+pub mod batch;
 pub mod convert;
 pub mod daemon;
 pub mod devices;
@@ -33,6 +34,7 @@ pub mod report;
 pub mod util;
 pub mod validate;
 pub mod version;
+pub mod webhook;
 pub mod workdir;
 pub mod workflow;
 pub mod workflow_watch;

@@ -176,13 +176,13 @@ enum ManifestCommand {
 #[derive(Args, Debug)]
 struct FixArgs {
     /// Source disk (vmdk, qcow2, raw, vhd, vhdx, vdi) or nbd:// URI; instead of --manifest.
-    #[arg(conflicts_with = "manifest", required_unless_present = "manifest")]
+    #[arg(conflicts_with = "manifest", required_unless_present_any = ["manifest", "batch"])]
     disk: Option<String>,
     /// A manifest (seed format or HyperSDK Artifact Manifest v1.0; JSON or YAML).
     #[arg(short, long)]
     manifest: Option<PathBuf>,
     /// Output image (required with DISK; with --manifest, overrides the boot disk's output).
-    #[arg(short, long, required_unless_present = "manifest")]
+    #[arg(short, long, required_unless_present_any = ["manifest", "batch"])]
     output: Option<PathBuf>,
     /// Directory relative manifest outputs resolve under (default: the manifest's directory).
     #[arg(long)]
@@ -270,6 +270,8 @@ struct FixArgs {
     /// Where to write the report (default: OUTPUT.report.json).
     #[arg(long)]
     report: Option<PathBuf>,
+    #[command(flatten)]
+    batch: h2k_guest::batch::BatchArgs,
 }
 
 fn appliance_options(g: &GlobalArgs) -> ApplianceOptions {
@@ -525,6 +527,17 @@ fn stop_signal_name() -> Option<&'static str> {
 }
 
 fn fix(args: FixArgs, global: &GlobalArgs) -> Result<()> {
+    if args.batch.batch.is_some() {
+        let opts = h2k_guest::batch::BatchOptions {
+            appliance: appliance_options(global),
+            quiet: global.quiet,
+            output_dir: args.output_dir.as_deref().map(absolute).transpose()?,
+            overwrite: args.overwrite,
+            checksum: args.checksum,
+            cancel: stop_on_signals()?,
+        };
+        std::process::exit(h2k_guest::batch::run_cli(&args.batch, opts));
+    }
     let plan = plan_from_args(&args)?;
     for w in &plan.warnings {
         log::warn!("{w}");
@@ -648,6 +661,13 @@ struct DaemonArgs {
     /// Tries of one manifest (daemon crashes included) before it is filed as failed [default: 3].
     #[arg(long, value_name = "N")]
     max_attempts: Option<u32>,
+    /// POST job events (claimed, finished, failed) as JSON to URL; repeatable. Replaces the
+    /// config's webhooks: list.
+    #[arg(long = "webhook", value_name = "URL")]
+    webhooks: Vec<String>,
+    /// Sign every --webhook body (X-H2K-Signature: sha256=HMAC) with the key in PATH.
+    #[arg(long, value_name = "PATH", requires = "webhooks")]
+    webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -716,6 +736,8 @@ fn daemon_cmd(args: &DaemonArgs, global: &GlobalArgs) -> Result<()> {
         on_stop: args.on_stop,
         max_attempts: args.max_attempts,
         accel: global.accel,
+        webhooks: args.webhooks.clone(),
+        webhook_secret_file: args.webhook_secret_file.clone(),
     };
     let (cfg, warnings) = daemon::resolve(&overrides)?;
     Ok(daemon::run(cfg, warnings)?)

@@ -218,6 +218,9 @@ impl Daemon {
             reused_dir,
             ctx: Arc::clone(&ctx),
         };
+        let event = job::job_event(&spec, crate::webhook::EventKind::Claimed, 0.0)
+            .with_paths(spec.output_dir.as_ref().ok(), None);
+        self.shared.webhooks.send(&event);
         let shared = Arc::clone(&self.shared);
         let tx = self.tx.clone();
         let done_id = job_id.clone();

@@ -47,6 +47,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("on_stop: unknown on_stop {0:?} (expected abort or finish)")]
     OnStop(String),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 impl OnStop {
@@ -81,6 +83,8 @@ pub struct DaemonConfig {
     pub recover: Duration,
     /// What this was resolved from, for a SIGHUP reload.
     pub overrides: Overrides,
+    /// Receivers of job events (`--webhook`, `webhooks:`).
+    pub webhooks: Vec<crate::webhook::WebhookTarget>,
 }
 
 impl DaemonConfig {
@@ -99,6 +103,7 @@ impl DaemonConfig {
             rescan: Duration::from_secs(2),
             recover: Duration::from_secs(5),
             overrides: Overrides::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -117,8 +122,17 @@ pub struct ConfigFile {
     pub on_stop: Option<String>,
     pub max_attempts: Option<u32>,
     pub max_manifest_bytes: Option<u64>,
+    pub webhooks: Option<Vec<WebhookEntry>>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+/// One `webhooks:` entry of the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEntry {
+    pub url: String,
+    pub secret_file: Option<PathBuf>,
 }
 
 /// Read a config file; paths in it are relative to its directory. Returns warnings for
@@ -147,6 +161,11 @@ pub fn read_config_file(path: &Path) -> Result<(ConfigFile, Vec<String>), Config
     .flatten()
     {
         if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    for w in cfg.webhooks.iter_mut().flatten() {
+        if let Some(p) = w.secret_file.as_mut().filter(|p| p.is_relative()) {
             *p = base.join(&*p);
         }
     }
@@ -181,6 +200,10 @@ pub struct Overrides {
     pub on_stop: Option<OnStop>,
     pub max_attempts: Option<u32>,
     pub accel: AccelChoice,
+    /// `--webhook` URLs; when given they replace the file's `webhooks:`.
+    pub webhooks: Vec<String>,
+    /// `--webhook-secret-file`: signs every `--webhook`.
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -237,7 +260,35 @@ pub fn resolve(o: &Overrides) -> Result<(DaemonConfig, Vec<String>), ConfigError
     cfg.appliance.accel = o.accel;
     cfg.appliance.verbose = cfg.verbose >= 3;
     cfg.overrides = o.clone();
+    cfg.webhooks = webhook_targets(o, &file)?;
     Ok((cfg, warnings))
+}
+
+/// The flags' webhooks if any, else the file's; every URL and secret checked now.
+fn webhook_targets(
+    o: &Overrides,
+    file: &ConfigFile,
+) -> Result<Vec<crate::webhook::WebhookTarget>, ConfigError> {
+    use crate::webhook::WebhookTarget;
+    if !o.webhooks.is_empty() {
+        let secret = o.webhook_secret_file.as_deref();
+        return Ok(o
+            .webhooks
+            .iter()
+            .map(|u| WebhookTarget::new("--webhook", u, secret))
+            .collect::<Result<_, _>>()?);
+    }
+    let name = o.config.as_deref().unwrap_or(Path::new("config")).display();
+    let mut out = Vec::new();
+    for (i, w) in file.webhooks.iter().flatten().enumerate() {
+        let origin = format!("{name}: webhooks[{i}].url");
+        out.push(WebhookTarget::new(
+            &origin,
+            &w.url,
+            w.secret_file.as_deref(),
+        )?);
+    }
+    Ok(out)
 }
 
 fn dir_from_env() -> Option<PathBuf> {
@@ -308,6 +359,47 @@ mod tests {
             resolve(&o).unwrap_err().to_string(),
             "on_stop: unknown on_stop \"later\" (expected abort or finish)"
         );
+    }
+
+    #[test]
+    fn webhooks_come_from_the_file_or_replace_it_from_the_flags() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.yaml");
+        std::fs::write(d.path().join("key"), "k\n").unwrap();
+        std::fs::write(
+            &p,
+            "webhooks:\n  - url: http://127.0.0.1:9/a\n    secret_file: key\n  - url: https://h/b\n",
+        )
+        .unwrap();
+        let mut o = Overrides {
+            config: Some(p.clone()),
+            ..Overrides::default()
+        };
+        let (cfg, _) = resolve(&o).unwrap();
+        let signed: Vec<(&str, bool)> = cfg
+            .webhooks
+            .iter()
+            .map(|w| (w.url.as_str(), w.is_signed()))
+            .collect();
+        assert_eq!(
+            signed,
+            [("http://127.0.0.1:9/a", true), ("https://h/b", false)]
+        );
+        o.webhooks = vec!["http://x/".into()];
+        let (cfg, _) = resolve(&o).unwrap();
+        assert_eq!(cfg.webhooks.len(), 1);
+        o.webhooks = vec!["gopher://x/".into()];
+        let e = resolve(&o).unwrap_err().to_string();
+        assert!(e.starts_with("--webhook: \"gopher://x/\": "), "{e}");
+        std::fs::write(&p, "webhooks:\n  - url: mailto:me@h\n").unwrap();
+        let e = resolve(&Overrides {
+            config: Some(p.clone()),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("c.yaml: webhooks[0].url: \"mailto:"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::logging::JobCtx;
 use crate::pipeline::{self, PipelineError, RunOptions};
 use crate::report::Report;
 use crate::util::now_rfc3339;
+use crate::webhook::{EventKind, JobEvent};
 
 /// What the worker threads share with the main loop.
 pub struct Shared {
@@ -23,6 +24,8 @@ pub struct Shared {
     pub cfg: DaemonConfig,
     /// Set when running jobs must stop (shutdown with on_stop=abort, or a second signal).
     pub cancel: Arc<AtomicBool>,
+    /// Shared with the configuration a SIGHUP reload makes (the URLs need a restart).
+    pub webhooks: Arc<crate::webhook::Notifier>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +220,11 @@ fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outc
             match result {
                 Ok(filed) => {
                     spool::ledger_remove(sp, &spec.claimed.key);
+                    let sidecar = format!("{}{}", filed.display(), spool::REPORT_SUFFIX);
+                    let event = job_event(spec, EventKind::Finished, seconds)
+                        .with_report(&report)
+                        .with_paths(spec.output_dir.as_ref().ok(), Some(Path::new(&sidecar)));
+                    shared.webhooks.send(&event);
                     log::info!(
                         "job completed: {} in {:.1} s; manifest and report in {}; outputs in {}",
                         spec.job,
@@ -240,6 +248,13 @@ fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outc
             report_path,
         } => {
             log::error!("job failed in the {stage} stage: {error}");
+            let mut event = job_event(spec, EventKind::Failed, seconds);
+            if let Some(r) = &report {
+                event = event.with_report(r);
+            }
+            let event = event
+                .with_error(&stage, &error)
+                .with_paths(spec.output_dir.as_ref().ok(), report_path.as_deref());
             let info = FailureInfo {
                 stage: &stage,
                 error: &error,
@@ -248,7 +263,7 @@ fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outc
                 report_path: report_path.as_deref(),
                 tail: spec.ctx.tail(),
             };
-            file_failure(
+            let outcome = file_failure(
                 sp,
                 &spec.claimed,
                 &spec.job_id,
@@ -256,7 +271,9 @@ fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outc
                 &spec.ledger,
                 spec.output_dir.as_ref().ok().map(|p| p.as_path()),
                 &info,
-            )
+            );
+            shared.webhooks.send(&event);
+            outcome
         }
         Verdict::Interrupted { stage } => {
             let mut ledger = spec.ledger.clone();
@@ -287,6 +304,21 @@ fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outc
             }
         }
     }
+}
+
+/// A webhook event about this job (sent after filing, so receivers can read the spool).
+pub fn job_event(spec: &JobSpec, kind: EventKind, seconds: f64) -> JobEvent {
+    let mut e = JobEvent::new(
+        kind,
+        &spec.job_id,
+        &spec.job,
+        &spec.claimed.original.to_string_lossy(),
+        spec.ledger.attempts,
+    );
+    if kind != EventKind::Claimed {
+        e.duration_seconds = Some(round(seconds));
+    }
+    e
 }
 
 pub struct FailureInfo<'a> {

@@ -243,6 +243,7 @@ impl Daemon {
                         spool: self.shared.spool.clone(),
                         cfg: new,
                         cancel: Arc::clone(&self.shared.cancel),
+                        webhooks: Arc::clone(&self.shared.webhooks),
                     });
                 }
             }

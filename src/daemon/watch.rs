@@ -120,6 +120,7 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
             spool: sp.clone(),
             cfg: cfg.clone(),
             cancel,
+            webhooks: Arc::new(crate::webhook::Notifier::start(&cfg.webhooks)?),
         }),
         reg,
         started_at: now_rfc3339(),
@@ -232,6 +233,7 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
         d.requeued,
         d.started_at
     );
+    d.shared.webhooks.finish(crate::webhook::WEBHOOK_GRACE);
     drop(d);
     Ok(())
 }
