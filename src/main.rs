@@ -76,7 +76,7 @@ enum Commands {
         trust_backing_files: bool,
     },
     /// Repair a guest and write a KVM-ready image (from a manifest, or DISK -o OUT).
-    Fix(FixArgs),
+    Fix(Box<FixArgs>),
     /// Work with manifests.
     Manifest {
         #[command(subcommand)]
@@ -314,7 +314,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Commands::Fix(args) => fix(args, &cli.global),
+        Commands::Fix(args) => fix(*args, &cli.global),
         Commands::Daemon(_) => unreachable!("handled above"),
         Commands::Workflow { command } => workflow_cmd(command),
         Commands::Manifest {
