@@ -350,8 +350,12 @@ fn create_dirs_recorded(dir: &Path, created: &mut Vec<PathBuf>) -> std::io::Resu
         .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
         .collect();
     for d in missing.into_iter().rev() {
-        std::fs::create_dir(d)?;
-        created.push(d.to_path_buf());
+        match std::fs::create_dir(d) {
+            Ok(()) => created.push(d.to_path_buf()),
+            // Another job of the same batch made it in between: it is that job's to clean up.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
