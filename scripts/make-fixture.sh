@@ -194,15 +194,16 @@ EOF
     put_image "$disk" "$WORK/p2.img" "$BIOS_P2_START"
     rm -f "$WORK/p1.img" "$WORK/p2.img"
 
-    # grub-install needs the real disk, and grub-mkconfig must probe / as /dev/sda1 (the
-    # appliance's name for it is the same as VMware's).
+    # grub-install needs the real disk (found by its label: the appliance may call it /dev/sdb),
+    # and grub.cfg must say root=/dev/sda1, as VMware's installer wrote it.
     log "grub-install + update-grub in the libguestfs appliance"
     run_guestfish --rw <<EOF
-add-drive $disk format:raw
+add-drive $disk format:raw label:target
 run
 mount /dev/sda1 /
-command "grub-install --target=i386-pc /dev/sda"
+sh "grub-install --target=i386-pc $GF_DISK"
 command "update-grub"
+$(gf_grub_cfg_as_sda /boot/grub/grub.cfg)
 download /boot/grub/grub.cfg $WORK/grub.cfg
 umount-all
 EOF
@@ -365,17 +366,18 @@ EOF
     # neither zero nor wipe the LV's start, that is our superblock), checked to sit where we put
     # it; then GRUB to the removable path, the host-only dracut image, grub.cfg.
     log "LVM, grub-install, dracut, update-grub in the libguestfs appliance"
-    local expect_seg="/dev/sda3:0-$((UEFI_LV_MIB / UEFI_EXTENT_MIB - 1))"
+    local expect_seg="${GF_DISK}3:0-$((UEFI_LV_MIB / UEFI_EXTENT_MIB - 1))"
     run_guestfish --rw <<EOF
-add-drive $disk format:raw
+add-drive $disk format:raw label:target
 run
-debug sh "set -e; lvm pvcreate -q -y -ff --dataalignment ${UEFI_PE_START_MIB}m /dev/sda3; lvm vgcreate -q -s ${UEFI_EXTENT_MIB}m vg0 /dev/sda3; lvm lvcreate -q -y -Zn -Wn -l 100%FREE -n root vg0; lvm pvs --noheadings --units b --nosuffix -o pe_start /dev/sda3 | grep -qwF $((UEFI_PE_START_MIB * MIB)); lvm lvs --noheadings -o seg_pe_ranges vg0/root | grep -qwF $expect_seg; blkid -o value -s UUID /dev/mapper/vg0-root | grep -qxF $root_uuid"
+debug sh "set -e; lvm pvcreate -q -y -ff --dataalignment ${UEFI_PE_START_MIB}m ${GF_DISK}3; lvm vgcreate -q -s ${UEFI_EXTENT_MIB}m vg0 ${GF_DISK}3; lvm lvcreate -q -y -Zn -Wn -l 100%FREE -n root vg0; lvm pvs --noheadings --units b --nosuffix -o pe_start ${GF_DISK}3 | grep -qwF $((UEFI_PE_START_MIB * MIB)); lvm lvs --noheadings -o seg_pe_ranges vg0/root | grep -qwF $expect_seg; blkid -o value -s UUID /dev/mapper/vg0-root | grep -qxF $root_uuid"
 mount /dev/vg0/root /
 mount /dev/sda2 /boot
 mount /dev/sda1 /boot/efi
 command "grub-install --target=x86_64-efi --efi-directory=/boot/efi --boot-directory=/boot --removable --no-nvram"
 command "dracut --force --kver $kver /boot/initrd.img-$kver"
 command "update-grub"
+$(gf_grub_cfg_as_sda /boot/grub/grub.cfg)
 command "sh -c 'lsinitrd /boot/initrd.img-$kver >/tmp/h2k-lsinitrd.txt'"
 download /tmp/h2k-lsinitrd.txt $WORK/initramfs.list
 rm /tmp/h2k-lsinitrd.txt

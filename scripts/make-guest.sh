@@ -210,17 +210,18 @@ EOF
     rm -f "$WORK/boot.img" "$WORK/root.img"
 
     log "LVM, mkswap, update-initramfs, grub-install, update-grub in the libguestfs appliance"
-    local expect_seg="/dev/sda2:0-$((D11_ROOT_MIB / 4 - 1))"
+    local expect_seg="${GF_DISK}2:0-$((D11_ROOT_MIB / 4 - 1))"
     run_guestfish --rw <<EOF
-add-drive $disk format:raw
+add-drive $disk format:raw label:target
 run
-debug sh "set -e; lvm pvcreate -q -y -ff --dataalignment 1m /dev/sda2; lvm vgcreate -q -s 4m sysvg /dev/sda2; lvm lvcreate -q -y -Zn -Wn -l $((D11_ROOT_MIB / 4)) -n root sysvg; lvm lvcreate -q -y -l $((D11_SWAP_MIB / 4)) -n swap sysvg; lvm lvs --noheadings -o seg_pe_ranges sysvg/root | grep -qwF $expect_seg; blkid -o value -s UUID /dev/mapper/sysvg-root | grep -qxF $root_uuid"
+debug sh "set -e; lvm pvcreate -q -y -ff --dataalignment 1m ${GF_DISK}2; lvm vgcreate -q -s 4m sysvg ${GF_DISK}2; lvm lvcreate -q -y -Zn -Wn -l $((D11_ROOT_MIB / 4)) -n root sysvg; lvm lvcreate -q -y -l $((D11_SWAP_MIB / 4)) -n swap sysvg; lvm lvs --noheadings -o seg_pe_ranges sysvg/root | grep -qwF $expect_seg; blkid -o value -s UUID /dev/mapper/sysvg-root | grep -qxF $root_uuid"
 mkswap /dev/sysvg/swap label:swap
 mount /dev/sysvg/root /
 mount /dev/sda1 /boot
 command "update-initramfs -c -k $kver"
-command "grub-install --target=i386-pc /dev/sda"
+sh "grub-install --target=i386-pc $GF_DISK"
 command "update-grub"
+$(gf_grub_cfg_as_sda /boot/grub/grub.cfg)
 command "sh -c 'lsinitramfs /boot/initrd.img-$kver >/tmp/h2k-initramfs.txt'"
 download /tmp/h2k-initramfs.txt $WORK/initramfs.list
 rm /tmp/h2k-initramfs.txt
@@ -334,7 +335,7 @@ EOF
 
     log "update-initramfs, grub-install, update-grub in the libguestfs appliance"
     run_guestfish --rw <<EOF
-add-drive $disk format:raw
+add-drive $disk format:raw label:target
 run
 mount-options subvol=@ /dev/sda2 /
 mount-options subvol=@home /dev/sda2 /home
@@ -342,6 +343,7 @@ mount /dev/sda1 /boot/efi
 command "update-initramfs -c -k $kver"
 command "grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram"
 command "update-grub"
+$(gf_grub_cfg_as_sda /boot/grub/grub.cfg)
 command "sh -c 'lsinitramfs /boot/initrd.img-$kver >/tmp/h2k-initramfs.txt'"
 download /tmp/h2k-initramfs.txt $WORK/initramfs.list
 rm /tmp/h2k-initramfs.txt

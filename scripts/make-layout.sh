@@ -319,14 +319,14 @@ EOF
     log "dracut (and grub-bios-setup on BIOS) in the libguestfs appliance"
     local setup="" esp_checks=""
     if [ "$fw" = bios ]; then
-        setup='command "/usr/lib/grub/i386-pc/grub-bios-setup -d /boot/grub2/i386-pc /dev/sda"'
+        setup="sh \"/usr/lib/grub/i386-pc/grub-bios-setup -d /boot/grub2/i386-pc $GF_DISK\""
     else
         esp_checks="mount /dev/sda1 /boot/efi
 is-file /boot/efi/EFI/BOOT/BOOTX64.EFI
 download /boot/efi/EFI/BOOT/grub.cfg $WORK/esp-grub.cfg.read"
     fi
     run_guestfish --rw <<EOF
-add-drive $disk format:raw
+add-drive $disk format:raw label:target
 run
 mount /dev/sda2 /
 sh "xargs -a /var/lib/initramfs/kernel/$kver dracut --force --kver $kver /boot/initrd.img-$kver"
@@ -497,7 +497,7 @@ EOF
     log "bootctl install, update-initramfs, kernel-install in the libguestfs appliance"
     local relax="SYSTEMD_RELAX_ESP_CHECKS=1"
     run_guestfish --rw <<EOF
-add-drive $disk format:raw
+add-drive $disk format:raw label:target
 run
 mount /dev/sda2 /
 mount /dev/sda1 /boot/efi
