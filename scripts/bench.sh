@@ -7,7 +7,8 @@
 #
 # NAME:N in --fixtures overrides --rounds for that fixture. Per fixture and round (the order
 # reverses every other round):
-#   h2k         h2k-guest fix SRC -o OUT.qcow2 -q
+#   h2k         h2k-guest fix SRC -o OUT.qcow2 -q                      (--initramfs auto, the default)
+#   h2k-rebuild h2k-guest fix SRC -o OUT.qcow2 -q --initramfs rebuild  (the guest's own tool)
 #   h2k-z       h2k-guest fix SRC -o OUT.qcow2 -q --compress            (zstd)
 #   h2k-base    BIN fix SRC -o OUT.qcow2 -q, with --baseline BIN (an older build, for before/after)
 #   v2v         virt-v2v -i disk SRC -o local -os DIR -of qcow2 -on NAME
@@ -16,9 +17,13 @@
 #   floor-same  qemu-img convert -W -O qcow2 H2K_OUT OUT                (the data h2k copies)
 #   floor-nbd   qemu-nbd SRC + qemu-img convert nbd+unix:// + fsync      (h2k's CONVERT, bare)
 #   appliance   guestfish --ro -a SRC set-smp V : set-memsize M : run   (h2k's vCPUs/memory)
-# then once per fixture: validate --boot --bus virtio of h2k's and virt-v2v's last outputs; and
-# once (first fixture) the growth check: the source copied to qcow2 and resized to 20 GiB (the new
-# space unallocated), h2k-guest fix on it.
+# then once per fixture: validate --boot --probe --bus virtio of h2k's (both strategies) and
+# virt-v2v's last outputs (is it whole: mounts, swap, network, no failed unit); and once (first
+# fixture) the growth check: the source copied to qcow2 and resized to 100 GiB (the new space
+# unallocated), h2k-guest fix on it.
+#
+# Fixtures are every guest the project builds: make-fixture.sh, make-variant.sh, make-guest.sh
+# and make-layout.sh names (multi-disk variants are left out: virt-v2v -i disk takes one disk).
 #
 # Every run is timed (wall), its own peak RSS is sampled from /proc/PID/status VmHWM (the
 # process itself, not its children: /usr/bin/time's %M is the largest of the process and its
@@ -38,7 +43,7 @@ SCRIPT_PATH=$(readlink -f "${BASH_SOURCE[0]}")
 SCRIPTS_DIR=$(dirname "$SCRIPT_PATH")
 REPO=$(dirname "$SCRIPTS_DIR")
 ROUNDS=2
-FIXTURES=debian12-bios,debian12-uefi-dracut-lvm
+FIXTURES=debian12-bios,debian12-uefi-dracut-lvm,debian12-bios-static-nopin:1,debian12-uefi-dracut-omit:1,debian11-bios-xfs-nm:1,debian13-uefi-btrfs-netplan:1,photon5-bios:1,photon5-uefi:1,debian13-uefi-systemd-boot:1
 BOOT=1
 GROW=1
 KEEP=0
@@ -202,19 +207,20 @@ boot_check() {
         return
     fi
     wait_idle || CONTENDED_ANY=1
-    log "$fixture: booting $tool's output on virtio"
+    log "$fixture: booting $tool's output on virtio with the probe"
     local j=$RES/$fixture.$tool.boot.json
-    env "${TOOL_ENV[@]}" "$H2K" validate --accel "$ACCEL" --boot "$image" --bus virtio \
-        --timeout 300 --json -q >"$j" 2>"$RES/$fixture.$tool.boot.log"
+    env "${TOOL_ENV[@]}" "$H2K" validate --accel "$ACCEL" --boot --probe "$image" --bus virtio \
+        --timeout 420 --json -q >"$j" 2>"$RES/$fixture.$tool.boot.log"
     python3 - "$j" "$fixture" "$tool" "$RES/$fixture.$tool.boot.log" >>"$RES/boots.tsv" <<'EOF'
 import json, sys
 path, fixture, tool, errlog = sys.argv[1:5]
 try:
     o = json.load(open(path))
-    booted = "yes" if o.get("booted") else "no"
-    secs = o.get("seconds_to_login") or (o.get("failure") or {}).get("seconds") or o.get("seconds")
-    if o.get("booted"):
-        summ = "login: %s" % (o.get("login_prompt") or "")
+    p = o.get("probe") or {}
+    booted = "whole" if p.get("whole") else ("not whole" if p.get("reached") else "no")
+    secs = p.get("seconds_to_probe") or o.get("seconds_to_login") or (o.get("failure") or {}).get("seconds") or o.get("seconds")
+    if p.get("reached"):
+        summ = "; ".join(p.get("problems") or []) or "multi-user, mounts, swap, network, no failed unit"
     else:
         f = o.get("failure") or {}
         summ = "%s; console: %s" % (f.get("reason", "?"), (f.get("console_line") or "")[:120])
@@ -228,6 +234,16 @@ EOF
     tail -n1 "$RES/boots.tsv" | cut -f2- | sed 's/^/bench: boot /' >&2
 }
 
+# The script that builds FIXTURE (each prints the image's path last).
+builder_of() {
+    case $1 in
+        photon5-*|debian13-uefi-systemd-boot) echo make-layout.sh ;;
+        debian11-*|debian13-*) echo make-guest.sh ;;
+        debian12-bios|debian12-uefi-dracut-lvm) echo make-fixture.sh ;;
+        *) echo make-variant.sh ;;
+    esac
+}
+
 # ---- the runs ----------------------------------------------------------------------------------
 BENCH_START=$(date +%s)
 IFS=, read -r -a FIX_LIST <<<"$FIXTURES"
@@ -237,7 +253,7 @@ for spec in "${FIX_LIST[@]}"; do
     fixture_rounds=$ROUNDS
     [ "$spec" != "$fixture" ] && fixture_rounds=${spec#*:}
     log "fixture $fixture ($fixture_rounds round(s))"
-    src=$(bash "$SCRIPTS_DIR/make-fixture.sh" "$fixture" 2>"$RES/$fixture.make.log" | tail -n1)
+    src=$(bash "$SCRIPTS_DIR/$(builder_of "$fixture")" "$fixture" 2>"$RES/$fixture.make.log" | tail -n1)
     if [ -z "$src" ] || [ ! -f "$src" ]; then
         log "make-fixture.sh $fixture failed: $(tail -n1 "$RES/$fixture.make.log")"
         printf '%s\tfixture\t0\tfailed\tNA\t0\tNA\tNA\t0\t\t%s\n' "$fixture" \
@@ -248,8 +264,8 @@ for spec in "${FIX_LIST[@]}"; do
     D=$WORK/$fixture
     for ((r = 1; r <= fixture_rounds; r++)); do
         rm -rf "$D"; mkdir -p "$D/v2v"
-        order=(h2k v2v h2k-z floor floor-z appliance)
-        if [ $((r % 2)) = 0 ]; then order=(appliance floor-z floor h2k-z v2v h2k); fi
+        order=(h2k v2v h2k-rebuild h2k-z floor floor-z appliance)
+        if [ $((r % 2)) = 0 ]; then order=(appliance floor-z floor h2k-z h2k-rebuild v2v h2k); fi
         if [ -n "$BASELINE" ]; then
             # Next to h2k, on the other side of it each round, so drift hits both alike.
             if [ $((r % 2)) = 0 ]; then order=(h2k-base "${order[@]}"); else order=(h2k h2k-base "${order[@]:1}"); fi
@@ -258,6 +274,8 @@ for spec in "${FIX_LIST[@]}"; do
             case $tool in
                 h2k) measure "$fixture" h2k "$r" "$D/h2k.qcow2" "$D/h2k.qcow2.report.json" -- \
                         "$H2K" fix "$src" -o "$D/h2k.qcow2" -q --accel "$ACCEL" ;;
+                h2k-rebuild) measure "$fixture" h2k-rebuild "$r" "$D/h2kr.qcow2" "$D/h2kr.qcow2.report.json" -- \
+                        "$H2K" fix "$src" -o "$D/h2kr.qcow2" -q --initramfs rebuild --accel "$ACCEL" ;;
                 h2k-z) measure "$fixture" h2k-z "$r" "$D/h2kz.qcow2" "$D/h2kz.qcow2.report.json" -- \
                         "$H2K" fix "$src" -o "$D/h2kz.qcow2" -q --compress --accel "$ACCEL" ;;
                 h2k-base) measure "$fixture" h2k-base "$r" "$D/h2kb.qcow2" "$D/h2kb.qcow2.report.json" -- \
@@ -282,25 +300,26 @@ for spec in "${FIX_LIST[@]}"; do
                 bash "$SCRIPTS_DIR/bench/nbd-floor.sh" "$src" "$D/floor-nbd.qcow2"
             rm -f "$D/floor-nbd.qcow2"
         fi
-        [ "$r" -lt "$fixture_rounds" ] && rm -rf "$D/v2v" "$D"/h2k*.qcow2
+        [ "$r" -lt "$fixture_rounds" ] && rm -rf "$D/v2v" "$D"/h2k*.qcow2*
     done
     rm -f "$D/h2kz.qcow2"
     if [ "$BOOT" = 1 ]; then
         boot_check "$fixture" h2k "$D/h2k.qcow2"
+        boot_check "$fixture" h2k-rebuild "$D/h2kr.qcow2"
         boot_check "$fixture" v2v "$D/v2v/v2v-sda"
     fi
     rm -rf "$D"
     if [ "$GROW" = 1 ] && [ "$first" = 1 ]; then
         G=$WORK/grow; mkdir -p "$G"
-        log "$fixture: growth check (20 GiB virtual, same data)"
-        if qemu-img convert -W -O qcow2 "$src" "$G/grown-src.qcow2" && qemu-img resize -q "$G/grown-src.qcow2" 20G; then
+        log "$fixture: growth check (100 GiB virtual, same data)"
+        if qemu-img convert -W -O qcow2 "$src" "$G/grown-src.qcow2" && qemu-img resize -q "$G/grown-src.qcow2" 100G; then
             measure "$fixture" h2k-grown 1 "$G/out.qcow2" "$G/out.qcow2.report.json" -- \
                 "$H2K" fix "$G/grown-src.qcow2" -o "$G/out.qcow2" -q --accel "$ACCEL"
             rm -f "$G/out.qcow2"
             measure "$fixture" floor-grown 1 "$G/floor.qcow2" "" -- \
                 qemu-img convert -W -O qcow2 "$G/grown-src.qcow2" "$G/floor.qcow2"
         else
-            printf '%s\th2k-grown\t1\tfailed\tNA\t0\tNA\tNA\t0\t\tcannot make the 20 GiB copy\n' "$fixture" >>"$RES/runs.tsv"
+            printf '%s\th2k-grown\t1\tfailed\tNA\t0\tNA\tNA\t0\t\tcannot make the 100 GiB copy\n' "$fixture" >>"$RES/runs.tsv"
         fi
         rm -rf "$G"
     fi

@@ -146,6 +146,18 @@ pub fn parse_progress(chunk: &str) -> Option<f64> {
     rest[..end].trim().parse().ok()
 }
 
+/// One disk to copy: the NBD export of its fixed overlay and the final output name. `weight`
+/// (its virtual size) is its share of the progress bar.
+pub struct CopyJob<'a> {
+    pub source_uri: String,
+    pub output: &'a Path,
+    pub weight: u64,
+}
+
+/// Disks copied at once at most: each qemu-img is one reader and one writer, and two share the
+/// two cores of a small host without starving the NBD servers.
+pub const MAX_PARALLEL_COPIES: usize = 2;
+
 /// Copy the NBD export into `output` through `output.part`. On failure or cancel the
 /// `.part` is removed; the final name appears only after fsync.
 pub fn convert(
@@ -155,26 +167,129 @@ pub fn convert(
     cancel: &AtomicBool,
     quiet: bool,
 ) -> Result<(), ConvertError> {
-    let part = part_path(output);
-    let out_name = output.display().to_string();
-    let _ = std::fs::remove_file(&part);
-    let result = run_qemu_img(source_uri, &part, plan, cancel, quiet, &out_name)
-        .and_then(|()| finalize(&part, output));
+    let job = CopyJob {
+        source_uri: source_uri.into(),
+        output,
+        weight: 1,
+    };
+    convert_all(&[job], plan, cancel, quiet, 1)
+}
+
+/// Copy every job, `max_parallel` at a time, under one progress bar weighted by size. Each
+/// output is written as `OUTPUT.part`, fsynced and renamed when its copy is complete; when
+/// one copy fails (or on cancel) the others are killed and every `.part` is removed.
+pub fn convert_all(
+    jobs: &[CopyJob],
+    plan: &ConvertPlan,
+    cancel: &AtomicBool,
+    quiet: bool,
+    max_parallel: usize,
+) -> Result<(), ConvertError> {
+    let mut bar = StageProgress::new("convert", quiet);
+    let result = copy_all(jobs, plan, cancel, max_parallel.max(1), &mut bar);
+    bar.finish();
     if result.is_err() {
-        let _ = std::fs::remove_file(&part);
+        for j in jobs {
+            let _ = std::fs::remove_file(part_path(j.output));
+        }
     }
     result
 }
 
-fn run_qemu_img(
-    source_uri: &str,
-    part: &Path,
+/// A running `qemu-img convert` with its progress and error readers.
+struct Copy {
+    index: usize,
+    child: Child,
+    progress: mpsc::Receiver<f64>,
+    stderr: std::thread::JoinHandle<String>,
+    percent: f64,
+}
+
+fn copy_all(
+    jobs: &[CopyJob],
     plan: &ConvertPlan,
     cancel: &AtomicBool,
-    quiet: bool,
-    out_name: &str,
+    max_parallel: usize,
+    bar: &mut StageProgress,
 ) -> Result<(), ConvertError> {
-    let args = qemu_img_args(source_uri, part, plan);
+    let total: u64 = jobs.iter().map(|j| j.weight.max(1)).sum();
+    let mut done_weight = 0u64;
+    let mut next = 0;
+    let mut running: Vec<Copy> = Vec::new();
+    loop {
+        while running.len() < max_parallel && next < jobs.len() {
+            let _ = std::fs::remove_file(part_path(jobs[next].output));
+            running.push(start_copy(next, &jobs[next], plan)?);
+            next += 1;
+        }
+        if running.is_empty() {
+            return Ok(());
+        }
+        if cancel.load(Ordering::SeqCst) {
+            let first = running[0].index;
+            for c in &mut running {
+                c.child.kill();
+            }
+            return Err(ConvertError::Cancelled {
+                output: jobs[first].output.display().to_string(),
+            });
+        }
+        let mut finished = None;
+        for (k, c) in running.iter_mut().enumerate() {
+            while let Ok(p) = c.progress.try_recv() {
+                c.percent = p;
+            }
+            match c.child.try_wait() {
+                Ok(Some(status)) => {
+                    finished = Some((k, Ok(status)));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    finished = Some((k, Err(e.to_string())));
+                    break;
+                }
+            }
+        }
+        let in_flight: f64 = running
+            .iter()
+            .map(|c| jobs[c.index].weight.max(1) as f64 * c.percent / 100.0)
+            .sum();
+        bar.set_percent(100.0 * (done_weight as f64 + in_flight) / total as f64);
+        let Some((k, outcome)) = finished else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let c = running.swap_remove(k);
+        let job = &jobs[c.index];
+        let out_name = job.output.display().to_string();
+        let err = c.stderr.join().unwrap_or_default();
+        let failure = match outcome {
+            Ok(status) if status.success() => finalize(&part_path(job.output), job.output).err(),
+            Ok(status) => {
+                let reason = process::reduce_stderr(&err).unwrap_or_else(|| "failed".into());
+                Some(ConvertError::QemuImg {
+                    output: out_name,
+                    reason: format!("{reason} ({status})"),
+                })
+            }
+            Err(reason) => Some(ConvertError::QemuImg {
+                output: out_name,
+                reason,
+            }),
+        };
+        if let Some(e) = failure {
+            for other in &mut running {
+                other.child.kill();
+            }
+            return Err(e);
+        }
+        done_weight += job.weight.max(1);
+    }
+}
+
+fn start_copy(index: usize, job: &CopyJob, plan: &ConvertPlan) -> Result<Copy, ConvertError> {
+    let args = qemu_img_args(&job.source_uri, &part_path(job.output), plan);
     log::debug!("qemu-img {}", args.join(" "));
     let mut child = process::qemu_img()
         .args(&args)
@@ -188,7 +303,8 @@ fn run_qemu_img(
     let mut stdout = child.take_stdout().expect("piped stdout");
     let mut stderr = child.take_stderr().expect("piped stderr");
     let (tx, rx) = mpsc::channel::<f64>();
-    let reader = std::thread::spawn(move || {
+    // Detached: it ends when qemu-img closes its stdout.
+    std::thread::spawn(move || {
         let mut buf = [0u8; 256];
         while let Ok(n) = stdout.read(&mut buf) {
             if n == 0 {
@@ -199,46 +315,18 @@ fn run_qemu_img(
             }
         }
     });
-    let err_reader = std::thread::spawn(move || {
+    let stderr = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let mut bar = StageProgress::new("convert", quiet);
-    let status = loop {
-        while let Ok(p) = rx.try_recv() {
-            bar.set_percent(p);
-        }
-        if cancel.load(Ordering::SeqCst) {
-            child.kill();
-            bar.finish();
-            return Err(ConvertError::Cancelled {
-                output: out_name.into(),
-            });
-        }
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => {
-                bar.finish();
-                return Err(ConvertError::QemuImg {
-                    output: out_name.into(),
-                    reason: e.to_string(),
-                });
-            }
-        }
-    };
-    let _ = reader.join();
-    let err = err_reader.join().unwrap_or_default();
-    bar.finish();
-    if !status.success() {
-        let reason = process::reduce_stderr(&err).unwrap_or_else(|| "failed".into());
-        return Err(ConvertError::QemuImg {
-            output: out_name.into(),
-            reason: format!("{reason} ({status})"),
-        });
-    }
-    Ok(())
+    Ok(Copy {
+        index,
+        child,
+        progress: rx,
+        stderr,
+        percent: 0.0,
+    })
 }
 
 /// fsync the finished `.part`, rename it to the final name, fsync the directory.
@@ -345,5 +433,79 @@ mod tests {
         assert!(matches!(err, ConvertError::QemuImg { .. }), "{err}");
         assert!(!out.exists());
         assert!(!part_path(&out).exists());
+    }
+
+    fn small_qcow2(dir: &Path, name: &str) -> PathBuf {
+        let src = dir.join(name);
+        let st = std::process::Command::new(process::QEMU_IMG)
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&src)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        src
+    }
+
+    #[test]
+    fn several_disks_are_copied_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let exports: Vec<NbdExport> = (0..3)
+            .map(|i| {
+                let src = small_qcow2(dir.path(), &format!("src{i}.qcow2"));
+                NbdExport::start(&src, "qcow2", &dir.path().join(format!("n{i}.sock"))).unwrap()
+            })
+            .collect();
+        let outs: Vec<PathBuf> = (0..3)
+            .map(|i| dir.path().join(format!("out{i}.qcow2")))
+            .collect();
+        let jobs: Vec<CopyJob> = exports
+            .iter()
+            .zip(&outs)
+            .map(|(e, o)| CopyJob {
+                source_uri: e.uri(),
+                output: o,
+                weight: 16 << 20,
+            })
+            .collect();
+        let cancel = AtomicBool::new(false);
+        convert_all(&jobs, &ConvertPlan::default(), &cancel, true, 2).unwrap();
+        for o in &outs {
+            assert!(o.exists(), "{}", o.display());
+            assert!(!part_path(o).exists());
+        }
+    }
+
+    #[test]
+    fn one_failed_copy_stops_the_others_and_leaves_no_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = small_qcow2(dir.path(), "src.qcow2");
+        let export = NbdExport::start(&src, "qcow2", &dir.path().join("n.sock")).unwrap();
+        let good = dir.path().join("good.qcow2");
+        let bad = dir.path().join("bad.qcow2");
+        let jobs = [
+            CopyJob {
+                source_uri: "nbd+unix:///?socket=/nonexistent.sock".into(),
+                output: &bad,
+                weight: 1,
+            },
+            CopyJob {
+                source_uri: export.uri(),
+                output: &good,
+                weight: 1,
+            },
+        ];
+        let cancel = AtomicBool::new(false);
+        let err = convert_all(&jobs, &ConvertPlan::default(), &cancel, true, 1).unwrap_err();
+        assert!(
+            matches!(&err, ConvertError::QemuImg { output, .. } if output.ends_with("bad.qcow2")),
+            "{err}"
+        );
+        assert!(!bad.exists() && !part_path(&bad).exists());
+        assert!(
+            !good.exists(),
+            "the copy after a failed one is never started"
+        );
+        assert!(!part_path(&good).exists());
     }
 }

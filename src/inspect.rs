@@ -212,12 +212,29 @@ pub fn mount_guest(g: &Guestfs, root: &str, disks: &Disks) -> Result<Vec<String>
 
 /// Inspect one root; the guest must be mounted (see [`mount_guest`]).
 pub fn inspect_root(g: &Guestfs, root: &str, disks: &Disks) -> Result<OsInfo, InspectError> {
+    inspect_root_timed(g, root, disks, &mut Vec::new())
+}
+
+/// [`inspect_root`], adding where its time went to `parts` (name, seconds).
+pub fn inspect_root_timed(
+    g: &Guestfs,
+    root: &str,
+    disks: &Disks,
+    parts: &mut Vec<(&'static str, f64)>,
+) -> Result<OsInfo, InspectError> {
+    let mut clock = std::time::Instant::now();
+    let mut lap = |name: &'static str, parts: &mut Vec<(&'static str, f64)>| {
+        parts.push((name, clock.elapsed().as_secs_f64()));
+        clock = std::time::Instant::now();
+    };
     let mountpoints: Vec<Mountpoint> = resolved_mountpoints(g, root, disks)?
         .into_iter()
         .map(|(mountpoint, device)| Mountpoint { mountpoint, device })
         .collect();
     let filesystems = describe_filesystems(g, disks);
+    lap("describe filesystems", parts);
     let kernels = list_kernels(g)?;
+    lap("kernels and initramfs", parts);
     let default_kernel = kernels.last().map(|k| k.version.clone());
     let virtio_blk_in_default_initramfs = kernels.last().and_then(|k| k.has_virtio_blk);
     let mut os = OsInfo {
@@ -242,8 +259,10 @@ pub fn inspect_root(g: &Guestfs, root: &str, disks: &Disks) -> Result<OsInfo, In
         virtio_blk_in_default_initramfs,
         photon: None,
     };
+    lap("os facts and boot loader", parts);
     // libguestfs does not know Photon: os-release, and Photon's own boot layout.
     crate::inspect_photon::complete(g, &mut os)?;
+    lap("os-release and photon", parts);
     Ok(os)
 }
 

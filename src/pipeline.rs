@@ -257,7 +257,9 @@ fn run_stages(
         cause,
     };
     let os = report.stage("inspect", |r| -> Result<_, PipelineError> {
-        let roots = inspect::find_roots(&app.g).map_err(inspect_err)?;
+        let roots = r
+            .timed("inspect_os", || inspect::find_roots(&app.g))
+            .map_err(inspect_err)?;
         if roots.len() > 1 {
             r.warnings.push(format!(
                 "{} operating systems found; fixing the first ({})",
@@ -265,12 +267,29 @@ fn run_stages(
                 roots[0]
             ));
         }
-        let disks = inspect::scan_disks(&app.g).map_err(|e| inspect_err(e.into()))?;
-        let mount_warnings =
-            inspect::mount_guest(&app.g, &roots[0], &disks).map_err(inspect_err)?;
+        let disks = r
+            .timed("filesystems", || inspect::scan_disks(&app.g))
+            .map_err(|e| inspect_err(e.into()))?;
+        let mount_warnings = r
+            .timed("mount", || inspect::mount_guest(&app.g, &roots[0], &disks))
+            .map_err(inspect_err)?;
         r.warnings.extend(mount_warnings);
-        inspect::inspect_root(&app.g, &roots[0], &disks).map_err(inspect_err)
+        let mut parts = Vec::new();
+        let os = inspect::inspect_root_timed(&app.g, &roots[0], &disks, &mut parts)
+            .map_err(inspect_err)?;
+        for (name, seconds) in parts {
+            r.stage_part(name, seconds);
+        }
+        Ok(os)
     })?;
+    if let Some(t) = report.timeline.last() {
+        let parts: Vec<String> = t
+            .parts
+            .iter()
+            .map(|p| format!("{} {:.1} s", p.name, p.seconds))
+            .collect();
+        log::info!("inspect took {}", parts.join(", "));
+    }
     log::info!(
         "found {} ({} {}.{}), {} firmware, {}",
         os.product_name,
@@ -541,29 +560,48 @@ fn convert_all(
     overlays: &[PathBuf],
     workdir: &Path,
 ) -> Result<(), PipelineError> {
-    for (i, (d, overlay)) in plan.disks.iter().zip(overlays).enumerate() {
+    // Every disk's export first, then the copies side by side under one progress bar.
+    let mut exports = Vec::new();
+    for (i, overlay) in overlays.iter().enumerate() {
         let socket = workdir.join(format!("nbd{i}.sock"));
-        let export = NbdExport::start(overlay, "qcow2", &socket)?;
-        log::info!(
-            "converting {} → {} ({})",
-            d.id,
-            d.output.display(),
-            plan.convert.format.as_str()
-        );
-        convert::convert(
-            &export.uri(),
-            &d.output,
-            &plan.convert,
-            &opts.cancel,
-            opts.quiet,
-        )?;
-        drop(export);
-        let bytes = std::fs::metadata(&d.output).map(|m| m.len()).unwrap_or(0);
-        let virtual_size = report
+        exports.push(NbdExport::start(overlay, "qcow2", &socket)?);
+    }
+    let virtual_size = |i: usize| {
+        report
             .sources
             .get(i)
             .map(|s| s.info.virtual_size)
-            .unwrap_or(0);
+            .unwrap_or(0)
+    };
+    let jobs: Vec<convert::CopyJob> = plan
+        .disks
+        .iter()
+        .zip(&exports)
+        .enumerate()
+        .map(|(i, (d, export))| {
+            log::info!(
+                "converting {} → {} ({})",
+                d.id,
+                d.output.display(),
+                plan.convert.format.as_str()
+            );
+            convert::CopyJob {
+                source_uri: export.uri(),
+                output: &d.output,
+                weight: virtual_size(i),
+            }
+        })
+        .collect();
+    convert::convert_all(
+        &jobs,
+        &plan.convert,
+        &opts.cancel,
+        opts.quiet,
+        convert::MAX_PARALLEL_COPIES,
+    )?;
+    drop(exports);
+    for (i, d) in plan.disks.iter().enumerate() {
+        let bytes = std::fs::metadata(&d.output).map(|m| m.len()).unwrap_or(0);
         report.outputs.push(OutputRecord {
             disk_id: d.id.clone(),
             path: d.output.clone(),
@@ -571,7 +609,7 @@ fn convert_all(
             compressed: plan.convert.compress
                 && plan.convert.format == crate::plan::OutputFormat::Qcow2,
             bytes,
-            virtual_size,
+            virtual_size: virtual_size(i),
             check: None,
         });
     }

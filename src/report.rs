@@ -19,6 +19,16 @@ pub struct StageTiming {
     pub ended_at: String,
     pub seconds: f64,
     pub ok: bool,
+    /// Where the stage's time went (e.g. inspect: inspect_os, filesystems, mount, kernels),
+    /// in the order measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<StagePart>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StagePart {
+    pub name: String,
+    pub seconds: f64,
 }
 
 pub use crate::fix::record::{unified_diff, FileChange, FixRecord, FixStatus};
@@ -77,6 +87,9 @@ pub struct Report {
     pub warnings: Vec<String>,
     #[serde(skip)]
     start: Option<Instant>,
+    /// Parts of the running stage, moved into its timeline entry when it ends.
+    #[serde(skip)]
+    pending_parts: Vec<StagePart>,
     /// The path [`Report::write_new`] was last asked for and the file it wrote for it (the
     /// only file it may replace).
     #[serde(skip)]
@@ -167,6 +180,7 @@ impl Report {
             validation: Vec::new(),
             warnings: plan.warnings.clone(),
             start: Some(Instant::now()),
+            pending_parts: Vec::new(),
             written_to: None,
         }
     }
@@ -192,8 +206,25 @@ impl Report {
             ended_at: now_rfc3339(),
             seconds,
             ok: r.is_ok(),
+            parts: std::mem::take(&mut self.pending_parts),
         });
         r
+    }
+
+    /// Record that `seconds` of the running stage went to `name` (see [`StageTiming::parts`]).
+    pub fn stage_part(&mut self, name: &str, seconds: f64) {
+        self.pending_parts.push(StagePart {
+            name: name.into(),
+            seconds,
+        });
+    }
+
+    /// Run `f` as part `name` of the running stage, timed.
+    pub fn timed<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let v = f();
+        self.stage_part(name, t.elapsed().as_secs_f64());
+        v
     }
 
     pub fn finish(&mut self, error: Option<(String, String)>) {
