@@ -27,6 +27,24 @@ const BIOS_MAC: &str = "00:50:56:8a:1b:01";
 const UEFI_MAC: &str = "00:50:56:8a:1b:02";
 const STATIC_MAC: &str = "00:50:56:8a:1b:11";
 
+/// `--initramfs rebuild` (the guest's own update-initramfs) instead of the default append: the
+/// output is whole too. (The unfixed guest failing on virtio is shown in `boot.rs` and above.)
+#[test]
+fn the_rebuild_strategy_gives_a_whole_guest_too() {
+    let _vm = vm_lock();
+    let src = fixture("debian12-bios");
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = fix(&src, dir.path(), &["--initramfs", "rebuild"]);
+    let initramfs = fix_record(&report, "initramfs");
+    let text = initramfs.to_string();
+    assert!(
+        text.contains("rebuilt with") && !text.contains("virtio drivers appended"),
+        "the initramfs must have been rebuilt, not appended to: {initramfs}"
+    );
+    let (run, json) = probe(&[&out], "virtio", &[BIOS_MAC], &["ens192=10.0.2.15/24"]);
+    assert_whole("rebuilt initramfs on virtio", &run, &json);
+}
+
 #[test]
 fn dhcp_guest_pinned_to_its_vmware_mac_keeps_ens192_on_virtio_with_a_new_mac() {
     let _vm = vm_lock();
