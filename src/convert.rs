@@ -398,14 +398,7 @@ mod tests {
     #[test]
     fn nbd_export_serves_an_image_and_convert_writes_final_name_only() {
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.qcow2");
-        let st = std::process::Command::new(process::QEMU_IMG)
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&src)
-            .arg("16M")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let src = small_qcow2(dir.path(), "src.qcow2");
         let sock = dir.path().join("nbd.sock");
         let export = NbdExport::start(&src, "qcow2", &sock).unwrap();
         let out = dir.path().join("out.qcow2");

@@ -253,20 +253,15 @@ pub fn run(
 
     let mut append_declined = None;
     if strategy != InitramfsStrategy::Rebuild {
-        let mut changed: Vec<String> = earlier.to_vec();
-        changed.extend(files.iter().map(|f| f.path.clone()));
-        let mut extra: Vec<String> = rebuild_reason
-            .iter()
-            .map(|why| format!("the image was not proven: {why}"))
-            .collect();
-        extra.extend(notes.iter().cloned());
         let target = AppendTarget {
             kernel: &kernel.version,
             initramfs: &initramfs,
             tool: os.initramfs_tool,
             tool_name: tool,
+            strategy,
         };
-        match try_append(guest, strategy, &target, &changed, files, &extra, started)? {
+        let unproven = rebuild_reason.as_deref();
+        match try_append(guest, &target, earlier, files, unproven, &notes, started)? {
             Ok(done) => return Ok(done),
             Err((why, kept)) => {
                 append_declined = Some(why);
@@ -345,6 +340,8 @@ pub struct AppendTarget<'a> {
     pub tool: InitramfsTool,
     /// The guest's generator as the report names it (`update-initramfs`, `dracut`).
     pub tool_name: &'a str,
+    /// `append` (a failed append fails the step) or `auto` (it falls back to a rebuild).
+    pub strategy: InitramfsStrategy,
 }
 
 /// The append strategy for `target`: Ok(Ok(record)) when appended (or nothing was needed);
@@ -353,13 +350,22 @@ pub struct AppendTarget<'a> {
 /// `extra` notes for the image's entry. `changed` lists the guest files this run changed.
 pub fn try_append(
     guest: &Guest,
-    strategy: InitramfsStrategy,
     target: &AppendTarget,
-    changed: &[String],
+    earlier: &[String],
     mut files: Vec<FileChange>,
-    extra: &[String],
+    unproven: Option<&str>,
+    notes: &[String],
     started: Instant,
 ) -> Result<Result<FixRecord, (String, Vec<FileChange>)>, FixError> {
+    // The image must carry fresh copies of what earlier steps and this one changed.
+    let mut changed: Vec<String> = earlier.to_vec();
+    changed.extend(files.iter().map(|f| f.path.clone()));
+    let mut extra: Vec<String> = unproven
+        .iter()
+        .map(|why| format!("the image was not proven: {why}"))
+        .collect();
+    extra.extend(notes.iter().cloned());
+    let (changed, extra) = (&changed[..], &extra[..]);
     let t = Instant::now();
     let all: Vec<&str> = REQUIRED.iter().chain(ALSO).copied().collect();
     let outcome = append::append(
@@ -403,7 +409,7 @@ pub fn try_append(
             )))
         }
         Err(AppendError::Fix(e)) => Err(e),
-        Err(AppendError::Unsuitable(why)) if strategy == InitramfsStrategy::Append => {
+        Err(AppendError::Unsuitable(why)) if target.strategy == InitramfsStrategy::Append => {
             Err(FixError::Failed {
                 step: STEP,
                 message: format!(

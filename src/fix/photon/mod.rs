@@ -352,26 +352,20 @@ fn run_initramfs(
 
     let mut append_declined = None;
     if exists && how.strategy != InitramfsStrategy::Rebuild {
-        let mut changed = how.earlier.to_vec();
-        changed.extend(files.iter().map(|f| f.path.clone()));
-        let mut extra: Vec<String> = rebuild_reason
-            .iter()
-            .map(|why| format!("the image was not proven: {why}"))
-            .collect();
-        extra.extend(notes.iter().cloned());
         let target = initramfs::AppendTarget {
             kernel,
             initramfs: &initrd,
             tool: InitramfsTool::Dracut,
             tool_name: "dracut",
+            strategy: how.strategy,
         };
         match initramfs::try_append(
             guest,
-            how.strategy,
             &target,
-            &changed,
+            how.earlier,
             files,
-            &extra,
+            rebuild_reason.as_deref(),
+            &notes,
             started,
         )? {
             Ok(done) => return Ok(done),
