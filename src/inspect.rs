@@ -250,7 +250,7 @@ pub fn inspect_root_timed(
         package_management: g.inspect_get_package_management(root)?,
         hostname: g.inspect_get_hostname(root)?,
         bootloader: detect_bootloader(g)?,
-        firmware: detect_firmware(g, &mountpoints)?,
+        firmware: detect_firmware(g, &mountpoints, disks)?,
         initramfs_tool: detect_initramfs_tool(g)?,
         mountpoints,
         filesystems,
@@ -272,11 +272,33 @@ fn describe_filesystems(g: &Guestfs, disks: &Disks) -> Vec<Filesystem> {
         .filesystems
         .iter()
         .filter(|(_, fs_type)| fs_type != "unknown")
-        .map(|(device, fs_type)| Filesystem {
-            device: device.clone(),
-            fs_type: fs_type.clone(),
-            uuid: g.vfs_uuid(device).ok().and_then(nonempty),
-            label: g.vfs_label(device).ok().and_then(nonempty),
+        .map(|(device, fs_type)| {
+            // One blkid for both tags where the mountable is a device (not `btrfsvol:`).
+            let tags = device
+                .starts_with("/dev/")
+                .then(|| g.blkid(device).ok())
+                .flatten();
+            let (uuid, label) = match tags {
+                Some(tags) => {
+                    let tag = |k: &str| {
+                        tags.iter()
+                            .find(|(key, _)| key == k)
+                            .map(|(_, v)| v.clone())
+                            .and_then(nonempty)
+                    };
+                    (tag("UUID"), tag("LABEL"))
+                }
+                None => (
+                    g.vfs_uuid(device).ok().and_then(nonempty),
+                    g.vfs_label(device).ok().and_then(nonempty),
+                ),
+            };
+            Filesystem {
+                device: device.clone(),
+                fs_type: fs_type.clone(),
+                uuid,
+                label,
+            }
         })
         .collect()
 }
@@ -499,8 +521,20 @@ fn detect_bootloader(g: &Guestfs) -> Result<Bootloader, GuestfsError> {
     })
 }
 
-fn detect_firmware(g: &Guestfs, mountpoints: &[Mountpoint]) -> Result<Firmware, GuestfsError> {
-    for p in g.list_partitions()? {
+fn detect_firmware(
+    g: &Guestfs,
+    mountpoints: &[Mountpoint],
+    disks: &Disks,
+) -> Result<Firmware, GuestfsError> {
+    // Only a FAT partition can be an ESP the firmware boots from: blkid (a process in the
+    // appliance, up to a second each under TCG) is asked about those alone.
+    let fat = |dev: &str| {
+        disks
+            .filesystems
+            .iter()
+            .any(|(d, t)| d == dev && t == "vfat")
+    };
+    for p in g.list_partitions()?.into_iter().filter(|p| fat(p)) {
         let tags = g.blkid(&p).unwrap_or_default();
         if tags
             .iter()
