@@ -61,4 +61,12 @@ done
 echo "fixtures, variants, guests and layouts ready $(( $(date +%s) - images_start )) s after the start"
 
 echo "== integration tests: real appliance, real qemu-img/qemu-nbd, real boots (serial)"
-cargo test --locked --test '*' -- --test-threads=1
+probes=target/tmp/probes.tsv   # one line per probe boot, written by tests/common/probe.rs
+rm -f "$probes"
+status=0
+cargo test --locked --test '*' -- --test-threads=1 || status=$?
+if [ -s "$probes" ]; then
+    echo "== every probe boot of this run (test, image, bus, result, wall s, multi-user s, problems)"
+    cat "$probes"
+fi
+exit "$status"

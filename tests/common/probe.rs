@@ -53,16 +53,66 @@ pub fn probe_logged(
     let start = Instant::now();
     let run = h2k(&args);
     let json: serde_json::Value = serde_json::from_str(run.stdout().trim()).unwrap_or_default();
+    let multi_user = json
+        .pointer("/probe/guest/multi_user_seconds")
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "?".into());
+    let image = disks[0].file_name().unwrap().to_string_lossy().to_string();
+    let wall = start.elapsed().as_secs_f64();
     eprintln!(
-        "TIMING probe {} on {bus}: {:.0} s, exit {:?}, multi-user after {} s",
-        disks[0].file_name().unwrap().to_string_lossy(),
-        start.elapsed().as_secs_f64(),
+        "TIMING probe {image} on {bus}: {wall:.0} s, exit {:?}, multi-user after {multi_user} s",
         run.code(),
-        json.pointer("/probe/guest/multi_user_seconds")
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "?".into())
     );
+    record_probe(&image, bus, wall, &multi_user, &json);
     (run, json)
+}
+
+/// One line per probe in `target/tmp/probes.tsv` (test, image, bus, result, wall seconds,
+/// seconds to multi-user, failure): `scripts/test.sh` prints the table at the end, so a CI log
+/// shows every control and every fixed guest with its figures.
+fn record_probe(image: &str, bus: &str, wall: f64, multi_user: &str, json: &serde_json::Value) {
+    use std::io::Write as _;
+    let result = if json["probe"]["whole"] == true {
+        "whole".to_string()
+    } else if json["probe"]["reached"] == true {
+        "not whole".to_string()
+    } else {
+        format!(
+            "failed: {}",
+            json["failure"]["kind"].as_str().unwrap_or("?")
+        )
+    };
+    let problems = json["probe"]["problems"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
+    let test = std::env::args()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+        })
+        .map(|n| n.split('-').next().unwrap_or(&n).to_string())
+        .unwrap_or_default();
+    let thread = std::thread::current().name().unwrap_or("?").to_string();
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("probes.tsv");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(
+            f,
+            "{test}::{thread}\t{image}\t{bus}\t{result}\t{wall:.0}\t{multi_user}\t{}",
+            problems.replace(['\t', '\n'], " ")
+        );
+    }
 }
 
 pub fn assert_whole(what: &str, run: &Run, json: &serde_json::Value) {
