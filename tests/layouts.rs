@@ -104,6 +104,7 @@ fn photon5_bios_is_recognised_and_comes_up_whole_on_virtio_with_grub_cfg_untouch
         "inspect must say photon: {info:#}"
     );
     eprintln!("inspect: {}", common::tail(&text, 5));
+    common::keep_artifact("photon5-bios.inspect.json", &format!("{info:#}"));
 
     let new_mac = "52:54:00:4b:00:41";
     let dir = tempfile::tempdir().unwrap();
@@ -258,11 +259,14 @@ fn photon5_uefi_through_the_seed_daemon_scenario_comes_up_whole_on_virtio() {
     let out: PathBuf = job_dir.join("photon-converted.qcow2");
     assert!(out.is_file(), "no output at {}", out.display());
     let timeline = common::timeline(&report);
-    eprintln!(
+    let line = format!(
         "seed scenario: {:.1} s from submit to processed; stages: {}",
         wall.as_secs_f64(),
         timeline.join(", ")
     );
+    eprintln!("{line}");
+    common::keep_artifact("seed-scenario.txt", &line);
+    common::keep_artifact("seed-scenario.report.json", &format!("{report:#}"));
     let out_report_path = job_dir.join("photon-converted.qcow2.report.json");
     let fix_report = if out_report_path.is_file() {
         read_json(&out_report_path)

@@ -296,3 +296,12 @@ pub fn empty_qcow2(path: &Path, size: &str) {
 
 #[allow(dead_code)]
 pub mod probe;
+
+/// Keep `contents` as `target/tmp/artifacts/NAME` after the test's temp dirs are gone (inspect
+/// output, the seed scenario's report): what a CI run's notes are written from.
+#[allow(dead_code)]
+pub fn keep_artifact(name: &str, contents: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(name), contents);
+}
