@@ -11,6 +11,10 @@ pub(crate) const POLL: Duration = Duration::from_millis(200);
 pub(crate) const SETTLE: Duration = Duration::from_secs(8);
 /// After a suspect line: this much console silence makes it a failure.
 pub(crate) const SUSPECT_SILENCE: Duration = Duration::from_secs(60);
+/// The initramfs silent this long, its root not mounted: it waits for a device it has no driver
+/// for (dracut says so only when its initqueue gives up, 2-4 minutes in under TCG). A healthy
+/// initramfs prints something every few seconds.
+pub(crate) const INITRAMFS_SILENCE: Duration = Duration::from_secs(90);
 /// A KVM QEMU that dies this early under `--accel auto` is retried under TCG.
 pub(crate) const KVM_EARLY_EXIT: Duration = Duration::from_secs(15);
 pub(crate) const PROGRESS_EVERY: Duration = Duration::from_secs(60);
@@ -227,6 +231,25 @@ pub(crate) fn watch_guest(
                     let device = finding.device.clone();
                     break Ended::Failed(failure(&finding, device, spec.bus, secs(now)));
                 }
+            }
+            Verdict::Running
+                if console.stage() == Stage::Initramfs
+                    && now.duration_since(last_output) >= INITRAMFS_SILENCE =>
+            {
+                let finding = Finding {
+                    kind: FailureKind::RootDeviceMissing,
+                    strength: Strength::Fatal,
+                    line: console.last_line().unwrap_or_default(),
+                    device: None,
+                };
+                let device = console.root_arg().map(str::to_string);
+                let mut f = failure(&finding, device, spec.bus, secs(now));
+                f.reason = format!(
+                    "{} (the initramfs printed nothing for {} s without mounting it)",
+                    f.reason,
+                    INITRAMFS_SILENCE.as_secs()
+                );
+                break Ended::Failed(f);
             }
             Verdict::Running => {}
         }
