@@ -135,7 +135,9 @@ impl Console {
         } else if body.contains("Switching root")
             || body.contains("Switch Root")
             || body.starts_with("Begin: Running /scripts/init-bottom")
-            || (body.starts_with("Welcome to") && !body.contains("Initramfs"))
+            || (body.starts_with("Welcome to")
+                && !body.contains("Initramfs")
+                && !body.starts_with("Welcome to GRUB"))
             || body.starts_with("Run /sbin/init as init process")
         {
             Stage::System

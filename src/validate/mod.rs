@@ -521,6 +521,9 @@ mod tests {
     fn tracks_the_stage_and_the_root_argument() {
         let mut c = feed("SeaBIOS (version 1.16.3)\r\nBooting from Hard Disk...\r\n");
         assert_eq!(c.stage(), Stage::Firmware);
+        // GRUB's greeting is not the system's.
+        c.push("\x1b[0m\x1b[30m\x1b[47mWelcome to GRUB!\r\n".as_bytes());
+        assert_eq!(c.stage(), Stage::Firmware);
         c.push(b"[    0.000000] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org)\r\n\
             [    0.000000] Command line: BOOT_IMAGE=/vmlinuz-6.1.0-56-amd64 root=/dev/mapper/vg0-root ro console=tty0 console=ttyS0,115200n8\r\n");
         assert_eq!(c.stage(), Stage::Kernel);
