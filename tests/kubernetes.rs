@@ -371,8 +371,9 @@ fn broken_copies_are_rejected() {
         "{}",
         v.output
     );
-    // Kubernetes 1.27 had no backoffLimitPerIndex (nor onPodConditions optional): the shipped
-    // Job fails there, and so does a copy without the podFailurePolicy, on that field.
+    // Kubernetes 1.27 had no backoffLimitPerIndex (nor podReplacementPolicy, nor an optional
+    // onPodConditions): the shipped Job fails there, and a copy without the last two fails on
+    // the first.
     let v = validate("1.27", &[base().join("job.yaml")]);
     assert!(
         !v.ok && v.output.contains("against version 1.27"),
@@ -380,10 +381,9 @@ fn broken_copies_are_rejected() {
         v.output
     );
     let mut old = job.clone();
-    old["spec"]
-        .as_object_mut()
-        .unwrap()
-        .remove("podFailurePolicy");
+    for newer in ["podFailurePolicy", "podReplacementPolicy"] {
+        old["spec"].as_object_mut().unwrap().remove(newer);
+    }
     let v = validate("1.27", &[write_docs(tmp.path(), "old.json", &[old])]);
     assert!(
         !v.ok && v.output.contains("'backoffLimitPerIndex' was unexpected"),
