@@ -10,7 +10,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 req=$here/k8s-validate-requirements.txt
-cache=${H2K_CACHE_DIR:-$HOME/.cache/h2k-guest}
+cache=${H2K_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/h2k-guest}
 venv=$cache/venv/kubernetes-validate-$(sha256sum "$req" | cut -c1-12)
 
 install() {

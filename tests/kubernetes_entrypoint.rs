@@ -224,6 +224,17 @@ fn the_entrypoint_refuses_a_bad_list() {
             assert_eq!(stderr.lines().count(), 1, "{sh}: {stderr}");
         }
     }
+    let gone = w.path("no-such-list.txt");
+    let (rc, _, stderr) = w.run(
+        "bash",
+        Some("0"),
+        &[("H2K_MANIFEST_LIST", gone.to_str().unwrap())],
+    );
+    assert_eq!(rc, 2);
+    assert!(
+        stderr.contains("no-such-list.txt: cannot read the manifest list"),
+        "{stderr}"
+    );
     std::fs::write(&list, "# nothing yet\n\n").unwrap();
     let (rc, _, stderr) = w.run("dash", Some("0"), &[]);
     assert_eq!(rc, 2);
