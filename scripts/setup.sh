@@ -19,6 +19,7 @@ PACKAGES=(
     ovmf debootstrap dosfstools e2fsprogs xfsprogs btrfs-progs lvm2 parted gdisk fdisk util-linux zstd
     qemu-utils
     systemd
+    python3-venv  # the venv of the Kubernetes schema validator (scripts/k8s-validate.sh, tests/kubernetes.rs)
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)
 
@@ -44,6 +45,9 @@ if ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
     echo "setup.sh: no kernel in /boot even though linux-image-amd64 is installed" >&2
     exit 1
 fi
+
+# The offline Kubernetes schema validator (PyPI, pinned) for tests/kubernetes.rs.
+bash "$(dirname "$0")/k8s-validate.sh" --install
 
 if [ "${H2K_SETUP_SKIP_CHECK:-0}" != 1 ]; then
     echo "setup.sh: checking that a libguestfs appliance launches (TCG here: ~20 s)"
