@@ -19,6 +19,8 @@ PACKAGES=(
     ovmf debootstrap dosfstools e2fsprogs xfsprogs btrfs-progs lvm2 parted gdisk fdisk util-linux zstd
     qemu-utils
     systemd
+    # man -l / man -w of the generated pages (tests/docs.rs, tests/deb.rs); pulls groff-base
+    man-db
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)
 
