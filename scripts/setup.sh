@@ -21,6 +21,8 @@ PACKAGES=(
     systemd
     # man -l / man -w of the generated pages (tests/docs.rs, tests/deb.rs); pulls groff-base
     man-db
+    # scripts/build-deb.sh: dpkg-shlibdeps fills the package's $auto Depends; strip (binutils)
+    dpkg-dev binutils
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)
 
