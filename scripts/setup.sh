@@ -23,6 +23,9 @@ PACKAGES=(
     man-db
     # scripts/build-deb.sh: dpkg-shlibdeps fills the package's $auto Depends; strip (binutils)
     dpkg-dev binutils
+    # scripts/build-container.sh imports the image, tests/container.rs runs it; runc because
+    # crun refuses this machine's hybrid cgroup layout
+    podman runc
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)
 
