@@ -20,6 +20,13 @@ PACKAGES=(
     qemu-utils
     systemd
     python3-venv  # the venv of the Kubernetes schema validator (scripts/k8s-validate.sh, tests/kubernetes.rs)
+    # man -l / man -w of the generated pages (tests/docs.rs, tests/deb.rs); pulls groff-base
+    man-db
+    # scripts/build-deb.sh: dpkg-shlibdeps fills the package's $auto Depends; strip (binutils)
+    dpkg-dev binutils
+    # scripts/build-container.sh imports the image, tests/container.rs runs it; runc because
+    # crun refuses this machine's hybrid cgroup layout
+    podman runc
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)
 

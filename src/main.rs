@@ -110,6 +110,20 @@ pub(crate) enum Commands {
     /// answers guest-sync, guest-info and guest-ping on org.qemu.guest_agent.0. The exit
     /// status is non-zero otherwise.
     Validate(cli::validate::ValidateArgs),
+    /// [packaging] Print the completion script for SHELL on stdout.
+    ///
+    /// For packagers and users; nothing is run. Install it where the shell looks, e.g.
+    /// bash: /usr/share/bash-completion/completions/h2k-guest; zsh:
+    /// /usr/share/zsh/vendor-completions/_h2k-guest; fish:
+    /// /usr/share/fish/vendor_completions.d/h2k-guest.fish (the .deb ships these three).
+    #[command(display_order = 900)]
+    Completions(cli::docs::CompletionsArgs),
+    /// [packaging] Write the man pages (h2k-guest.1, h2k-guest-fix.1, ...) into DIR.
+    ///
+    /// One page per subcommand, nested ones as h2k-guest-workflow-submit.1; the written
+    /// paths are printed. Read one with `man -l DIR/h2k-guest-fix.1`.
+    #[command(display_order = 901)]
+    Manpages(cli::docs::ManpagesArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,6 +151,12 @@ pub(crate) fn appliance_options(g: &GlobalArgs) -> ApplianceOptions {
 fn run(cli: Cli) -> Result<()> {
     if let Commands::Daemon(args) = &cli.command {
         return cli::service::daemon(args, &cli.global); // the daemon installs its own logger
+    }
+    // Text generated from the parser itself: no logging, no signals.
+    match &cli.command {
+        Commands::Completions(args) => return cli::docs::completions(args),
+        Commands::Manpages(args) => return cli::docs::manpages(args),
+        _ => {}
     }
     logging::init(cli.global.verbose.max(1), None).context("cannot set up logging")?;
     match cli.command {
@@ -186,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Commands::Validate(args) => cli::validate::run(args, &cli.global),
+        Commands::Completions(_) | Commands::Manpages(_) => unreachable!("handled above"),
     }
 }
 

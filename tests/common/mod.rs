@@ -305,3 +305,54 @@ pub fn keep_artifact(name: &str, contents: &str) {
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(dir.join(name), contents);
 }
+
+/// The .deb of `scripts/build-deb.sh` around the binary this test run built (profile dev, no
+/// second compile: `bin()` is that target/debug/h2k-guest), made once per test process.
+/// Prints its build time; about 10-30 s (xz of the binary).
+pub fn deb_package() -> PathBuf {
+    static DEB: OnceLock<PathBuf> = OnceLock::new();
+    DEB.get_or_init(|| {
+        assert_eq!(
+            bin().parent().and_then(|d| d.file_name()),
+            Some(std::ffi::OsStr::new("debug")),
+            "the tests package the dev build in TARGET/debug, not {}",
+            bin().display()
+        );
+        let script = repo_root().join("scripts/build-deb.sh");
+        let start = Instant::now();
+        let out = Command::new("bash")
+            .arg(&script)
+            .env("H2K_DEB_PROFILE", "dev")
+            .env("H2K_DEB_NO_BUILD", "1")
+            // The target dir the tests were built in, whatever cargo metadata would say.
+            .env(
+                "CARGO_TARGET_DIR",
+                bin().parent().unwrap().parent().unwrap(),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "build-deb.sh failed ({}):\n{}",
+            out.status,
+            tail(&stderr, 40)
+        );
+        let deb = PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .expect("build-deb.sh printed no path")
+                .trim(),
+        );
+        assert!(deb.is_file(), "build-deb.sh printed {}", deb.display());
+        eprintln!(
+            "deb {}: built in {:.0} s",
+            deb.display(),
+            start.elapsed().as_secs_f64()
+        );
+        deb
+    })
+    .clone()
+}
