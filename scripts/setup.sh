@@ -19,6 +19,7 @@ PACKAGES=(
     ovmf debootstrap dosfstools e2fsprogs xfsprogs btrfs-progs lvm2 parted gdisk fdisk util-linux zstd
     qemu-utils
     systemd
+    prometheus    # tests/metrics.rs: a real Prometheus server scrapes the daemon; promtool checks the textfile
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)
 

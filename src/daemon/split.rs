@@ -183,6 +183,90 @@ fn queue_copy(
 mod tests {
     use super::*;
 
+    /// A spool with `batch.json` (listing `names`, written under `vms/`) claimed.
+    fn claimed_batch(names: &[&str]) -> (tempfile::TempDir, Spool, Claimed, String) {
+        let d = tempfile::tempdir().unwrap();
+        let sp = Spool::new(&d.path().join("spool"));
+        sp.create().unwrap();
+        let vms = d.path().join("vms");
+        std::fs::create_dir(&vms).unwrap();
+        let mut list = Vec::new();
+        for n in names {
+            std::fs::write(
+                vms.join(n),
+                format!("{{\"version\": \"1.0\", \"vm\": {n:?}}}"),
+            )
+            .unwrap();
+            list.push(vms.join(n).display().to_string());
+        }
+        let text = serde_json::to_string(&list).unwrap();
+        std::fs::write(sp.to_be_processed().join("batch.json"), &text).unwrap();
+        let spool::Claim::Claimed(c) = spool::claim(&sp, OsStr::new("batch.json")).unwrap() else {
+            panic!("not claimed")
+        };
+        (d, sp, c, text)
+    }
+
+    #[test]
+    fn a_split_queues_every_vm_with_its_ledger_and_a_rerun_only_the_rest() {
+        let (_d, sp, claimed, text) = claimed_batch(&["a.json", "b.json", "c.json"]);
+        // An earlier attempt (its daemon died) queued manifests[0] already.
+        let ledger = LedgerEntry {
+            key: Some(claimed.key),
+            attempts: 2,
+            history: vec![note("manifests[0]", "a.json")],
+            ..LedgerEntry::default()
+        };
+        let queued = split(&sp, &claimed, &ledger, "job-1", &text, 1 << 20).unwrap();
+        let got: Vec<(&str, bool)> = queued
+            .iter()
+            .map(|q| (q.queued_as.as_str(), q.earlier))
+            .collect();
+        assert_eq!(
+            got,
+            [("a.json", true), ("b.json", false), ("c.json", false)]
+        );
+        let mut present: Vec<String> = std::fs::read_dir(sp.to_be_processed())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        present.sort();
+        assert_eq!(
+            present,
+            ["b.json", "c.json"],
+            "a.json was queued twice, or a temp file left"
+        );
+        // Each copy carries a ledger entry naming the batch, for its reports.
+        let meta = std::fs::metadata(sp.to_be_processed().join("b.json")).unwrap();
+        let l = spool::ledger_read(&sp, &FileKey::of(&meta)).unwrap();
+        assert_eq!(l.attempts, 0);
+        assert!(
+            l.history[0].contains("split from batch batch.json (manifests[1], job job-1)"),
+            "{:?}",
+            l.history
+        );
+        // The batch's own ledger notes both, so another re-run queues nothing more.
+        let batch_ledger = spool::ledger_read(&sp, &claimed.key).unwrap();
+        assert_eq!(
+            noted(&batch_ledger.history, "manifests[2]").as_deref(),
+            Some("c.json")
+        );
+        let again = split(&sp, &claimed, &batch_ledger, "job-2", &text, 1 << 20).unwrap();
+        assert!(again.iter().all(|q| q.earlier));
+        assert_eq!(std::fs::read_dir(sp.to_be_processed()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_manifest_over_the_size_limit_fails_the_whole_split() {
+        let (_d, sp, claimed, text) = claimed_batch(&["a.json", "b.json"]);
+        let ledger = LedgerEntry::default();
+        let e = split(&sp, &claimed, &ledger, "j", &text, 10).unwrap_err();
+        assert!(e.starts_with("batch.json: manifests[0]: "), "{e}");
+        assert!(e.contains("too big for a manifest (limit 10 bytes"), "{e}");
+        assert_eq!(std::fs::read_dir(sp.to_be_processed()).unwrap().count(), 0);
+    }
+
     #[test]
     fn queued_entries_are_found_in_the_history() {
         let h = vec![

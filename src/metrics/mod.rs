@@ -56,11 +56,12 @@ pub enum MetricsError {
         value: String,
         reason: String,
     },
-    #[error("{origin} {addr}: cannot listen: {source}")]
+    /// The OS error is in the message, not a `source`: `{:#}` must not print it twice.
+    #[error("{origin} {addr}: cannot listen: {error}")]
     Listen {
         origin: String,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{origin}: {}: {reason}", path.display())]
     BadTextfile {

@@ -23,10 +23,10 @@ impl MetricsServer {
     /// Bind now (so a port in use is an error at start-up, naming the flag or key) and serve
     /// from a thread of its own.
     pub fn start(spec: &ListenSpec, metrics: Arc<Metrics>) -> Result<MetricsServer, MetricsError> {
-        let err = |source: std::io::Error| MetricsError::Listen {
+        let err = |error: std::io::Error| MetricsError::Listen {
             origin: spec.origin.clone(),
             addr: spec.addr,
-            source,
+            error,
         };
         let listener = TcpListener::bind(spec.addr).map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;

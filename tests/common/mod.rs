@@ -296,3 +296,6 @@ pub fn empty_qcow2(path: &Path, size: &str) {
 
 #[allow(dead_code)]
 pub mod probe;
+
+#[allow(dead_code)]
+pub mod daemon;
