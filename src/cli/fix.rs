@@ -225,19 +225,24 @@ pub fn run(args: FixArgs, global: &GlobalArgs) -> Result<()> {
     let mut sample = None;
     let result = run_single(&args, global, &mut sample);
     if let Some(t) = &textfile {
-        let outcome = match result {
-            Ok(()) => JobOutcome::Success,
-            Err(_) => JobOutcome::Failed,
-        };
-        let sample =
-            sample.unwrap_or_else(|| JobSample::new(started.elapsed().as_secs_f64(), None));
+        // Failed before the pipeline ran (the manifest, a flag): a failed job of that length.
+        let (outcome, sample) = sample.unwrap_or_else(|| {
+            (
+                JobOutcome::Failed,
+                JobSample::new(started.elapsed().as_secs_f64(), None),
+            )
+        });
         t.record(Some(outcome), &sample);
     }
     result
 }
 
-/// One VM; `sample` gets what the metrics need once the pipeline has run.
-fn run_single(args: &FixArgs, global: &GlobalArgs, sample: &mut Option<JobSample>) -> Result<()> {
+/// One VM; `sample` gets the outcome and metrics of the pipeline run, once it has run.
+fn run_single(
+    args: &FixArgs,
+    global: &GlobalArgs,
+    sample: &mut Option<(JobOutcome, JobSample)>,
+) -> Result<()> {
     let started = std::time::Instant::now();
     let plan = plan_from_args(args)?;
     for w in &plan.warnings {
@@ -252,13 +257,13 @@ fn run_single(args: &FixArgs, global: &GlobalArgs, sample: &mut Option<JobSample
         report_path: args.report.as_deref().map(absolute).transpose()?,
     };
     let result = pipeline::run(&plan, &opts);
-    let report = match &result {
-        Ok(r) => r,
-        Err(f) => &f.report,
+    let (outcome, report) = match &result {
+        Ok(r) => (JobOutcome::Success, r),
+        Err(f) => (JobOutcome::Failed, &f.report),
     };
-    *sample = Some(JobSample::new(
-        started.elapsed().as_secs_f64(),
-        Some(report),
+    *sample = Some((
+        outcome,
+        JobSample::new(started.elapsed().as_secs_f64(), Some(report)),
     ));
     match result {
         Ok(report) => {
