@@ -389,6 +389,30 @@ fn fix_writes_a_textfile_prometheus_parses_on_a_failing_run() {
         "promtool accepted a broken file"
     );
 
+    // fix --batch: every VM counted, the file rewritten after each.
+    fs::write(d.path().join("vm2.json"), missing_source("vm2")).unwrap();
+    let batch = d.path().join("wave.yaml");
+    fs::write(&batch, "- vm.json\n- vm2.json\n").unwrap();
+    let batch_file = d.path().join("batch.prom");
+    let run = common::h2k([
+        "fix",
+        "--batch",
+        batch.to_str().unwrap(),
+        "--batch-report",
+        d.path().join("batch-report.json").to_str().unwrap(),
+        "--metrics-textfile",
+        batch_file.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    let text = fs::read_to_string(&batch_file).unwrap();
+    let (ok, msg) = promtool_check(&text);
+    assert!(ok, "promtool check metrics: {msg}\n{text}");
+    assert_eq!(
+        sample(&text, "h2k_jobs_total{outcome=\"failed\"}"),
+        Some(2.0)
+    );
+    assert_eq!(sample(&text, "h2k_jobs_running"), Some(0.0));
+
     // A textfile in a directory that does not exist: refused before any work, one line.
     let run = common::h2k([
         "fix",
