@@ -423,4 +423,20 @@ mod tests {
         );
         assert_eq!(restart, ["manifest_workflow_dir (still /spool)", "verbose"]);
     }
+
+    #[test]
+    fn the_metrics_endpoint_and_textfile_need_a_restart() {
+        let old = DaemonConfig::new("/spool".into(), "/out".into());
+        let mut new = old.clone();
+        new.metrics_listen =
+            Some(crate::metrics::parse_listen("metrics_listen", "127.0.0.1:9464").unwrap());
+        new.metrics_textfile = Some("/m/h2k.prom".into());
+        let (merged, changes, restart) = merge_reloaded(&old, new);
+        assert_eq!(
+            (merged.metrics_listen, merged.metrics_textfile),
+            (None, None)
+        );
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(restart, ["metrics_listen", "metrics_textfile"]);
+    }
 }
