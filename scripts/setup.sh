@@ -27,6 +27,7 @@ PACKAGES=(
     # scripts/build-container.sh imports the image, tests/container.rs runs it; runc because
     # crun refuses this machine's hybrid cgroup layout
     podman runc
+    prometheus    # tests/metrics.rs: a real Prometheus server scrapes the daemon; promtool checks the textfile
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)
 

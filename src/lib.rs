@@ -26,6 +26,7 @@ pub mod inspect_photon;
 pub mod load;
 pub mod logging;
 pub mod manifest;
+pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod process;

@@ -87,6 +87,35 @@ fn read_dir_batch(dir: &Path) -> Result<Vec<BatchEntry>, BatchError> {
 
 /// Parse a batch file's text (JSON is YAML too); entries resolve against its directory.
 pub fn parse_batch_file(path: &Path, text: &str) -> Result<Vec<BatchEntry>, BatchError> {
+    parse_entries(path, text, Some(path.parent().unwrap_or(Path::new("/"))))
+}
+
+/// Parse a batch whose entries must be absolute paths (one dropped in the daemon's spool has
+/// no directory of its own to resolve them against); `path` names it in errors.
+pub fn parse_absolute_batch(path: &Path, text: &str) -> Result<Vec<BatchEntry>, BatchError> {
+    parse_entries(path, text, None)
+}
+
+/// Whether a file's text is a batch (a list, or an object with `manifests:` and none of a
+/// manifest's version keys) rather than one VM's manifest.
+pub fn looks_like_batch(text: &str) -> bool {
+    use serde_yaml_ng::Value;
+    match serde_yaml_ng::from_str::<Value>(text) {
+        Ok(Value::Sequence(_)) => true,
+        Ok(Value::Mapping(m)) => {
+            m.contains_key("manifests")
+                && !m.contains_key("version")
+                && !m.contains_key("manifest_version")
+        }
+        _ => false,
+    }
+}
+
+fn parse_entries(
+    path: &Path,
+    text: &str,
+    base: Option<&Path>,
+) -> Result<Vec<BatchEntry>, BatchError> {
     let syntax = |reason: String| BatchError::Syntax {
         path: path.to_path_buf(),
         reason,
@@ -96,7 +125,6 @@ pub fn parse_batch_file(path: &Path, text: &str) -> Result<Vec<BatchEntry>, Batc
     let values = match file {
         BatchFile::List(v) | BatchFile::Object { manifests: v } => v,
     };
-    let base = path.parent().unwrap_or(Path::new("/"));
     let mut seen: BTreeMap<PathBuf, String> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, v) in values.iter().enumerate() {
@@ -116,7 +144,15 @@ pub fn parse_batch_file(path: &Path, text: &str) -> Result<Vec<BatchEntry>, Batc
                 )))
             }
         };
-        let manifest = base.join(&rel);
+        let manifest = match base {
+            Some(b) => b.join(&rel),
+            None if Path::new(&rel).is_absolute() => PathBuf::from(&rel),
+            None => {
+                return Err(bad(format!(
+                    "{rel}: a relative path; a batch in the spool must list absolute paths"
+                )))
+            }
+        };
         match std::fs::metadata(&manifest) {
             Ok(m) if m.is_file() => {}
             Ok(_) => return Err(bad(format!("{rel}: not a regular file"))),
@@ -225,5 +261,28 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = read_batch(empty.path()).unwrap_err().to_string();
         assert!(err.ends_with("no manifests in the batch"), "{err}");
+    }
+
+    #[test]
+    fn batches_are_told_from_manifests_and_spool_batches_need_absolute_paths() {
+        assert!(looks_like_batch("- /a.json\n"));
+        assert!(looks_like_batch(r#"{"manifests": ["/a.json"]}"#));
+        assert!(!looks_like_batch(r#"{"version": "1.0", "pipeline": {}}"#));
+        assert!(!looks_like_batch(
+            r#"{"manifest_version": "1.0", "manifests": [], "disks": []}"#
+        ));
+        assert!(!looks_like_batch("{not yaml"));
+        let d = dir_with(&["a.json"]);
+        let a = d.path().join("a.json");
+        let f = Path::new("wave.json");
+        let e = parse_absolute_batch(f, &format!("[{:?}]", a.display().to_string())).unwrap();
+        assert_eq!(e[0].manifest, a);
+        let err = parse_absolute_batch(f, r#"["a.json"]"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "wave.json: manifests[0]: a.json: a relative path; a batch in the spool must list absolute paths"
+        );
     }
 }

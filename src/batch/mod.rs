@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-pub use list::{parse_batch_file, read_batch, BatchEntry, BatchError};
+pub use list::{
+    looks_like_batch, parse_absolute_batch, parse_batch_file, read_batch, BatchEntry, BatchError,
+};
 pub use report::{report_outputs, resume_decision, BatchReport, Resume, VmOutcome, VmResult};
 
 use crate::logging::JobCtx;
+use crate::metrics::{JobOutcome, JobSample};
 use crate::pipeline::{self, RunOptions};
 
 /// The batch flags of `fix`.
@@ -46,6 +49,8 @@ pub struct BatchOptions {
     pub overwrite: bool,
     pub checksum: bool,
     pub cancel: Arc<AtomicBool>,
+    /// `--metrics-textfile`: every VM's metrics, the file rewritten after each.
+    pub metrics: Option<crate::metrics::text::TextfileMetrics>,
 }
 
 /// Exit status: 0 all good, 1 some failed, 2 the batch itself is unusable.
@@ -157,7 +162,7 @@ fn run_one(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut r = VmResult {
+    let r = VmResult {
         vm: crate::plan::sanitize_job_name(&stem),
         manifest: entry.manifest.clone(),
         manifest_sha256: sha256_of(&entry.manifest),
@@ -171,6 +176,36 @@ fn run_one(
     };
     let ctx = JobCtx::new(&r.vm);
     let _scope = crate::logging::enter(Arc::clone(&ctx));
+    let mut sample = None;
+    let r = run_vm(entry, prev, opts, display, r, &ctx, started, &mut sample);
+    if let Some(m) = &opts.metrics {
+        // A skipped VM did not run: not a job. A failed one without a pipeline run (its
+        // manifest did not load) counts with its duration only.
+        let outcome = match r.outcome {
+            VmOutcome::Success => Some(JobOutcome::Success),
+            VmOutcome::Failed => Some(JobOutcome::Failed),
+            VmOutcome::Skipped => None,
+        };
+        if let Some(outcome) = outcome {
+            let sample = sample.unwrap_or_else(|| JobSample::new(r.duration_seconds, None));
+            m.record(Some(outcome), &sample);
+        }
+    }
+    r
+}
+
+/// [`run_one`] but the metrics; `sample` gets the metrics of the pipeline run, if it ran.
+#[allow(clippy::too_many_arguments)]
+fn run_vm(
+    entry: &BatchEntry,
+    prev: Option<&VmResult>,
+    opts: &BatchOptions,
+    display: &Display,
+    mut r: VmResult,
+    ctx: &Arc<JobCtx>,
+    started: Instant,
+    sample: &mut Option<JobSample>,
+) -> VmResult {
     if opts.cancel.load(Ordering::SeqCst) {
         r.failed_stage = Some("manifest".into());
         r.error = Some("interrupted before it started".into());
@@ -203,7 +238,7 @@ fn run_one(
         display.done(&r);
         return r;
     }
-    let bar = display.start(&r.vm, Arc::clone(&ctx));
+    let bar = display.start(&r.vm, Arc::clone(ctx));
     let run_opts = RunOptions {
         appliance: opts.appliance.clone(),
         quiet: true,
@@ -212,9 +247,22 @@ fn run_one(
         overwrite: opts.overwrite,
         report_path: None,
     };
+    if let Some(m) = &opts.metrics {
+        m.metrics.job_started();
+        m.write();
+    }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         pipeline::run(&plan, &run_opts)
     }));
+    if let Some(m) = &opts.metrics {
+        m.metrics.job_ended();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    *sample = match &result {
+        Ok(Ok(report)) => Some(JobSample::new(elapsed, Some(report))),
+        Ok(Err(f)) => Some(JobSample::new(elapsed, Some(&f.report))),
+        Err(_) => None,
+    };
     match result {
         Ok(Ok(report)) => {
             r.outcome = VmOutcome::Success;

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 use h2k_guest::manifest;
+use h2k_guest::metrics::text::TextfileMetrics;
+use h2k_guest::metrics::{JobOutcome, JobSample};
 use h2k_guest::pipeline::{self, RunOptions};
 use h2k_guest::plan::{CompressionType, OutputFormat, Plan};
 
@@ -108,6 +110,10 @@ pub struct FixArgs {
     /// Where to write the report (default: OUTPUT.report.json).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write Prometheus metrics of this run (with --batch: of every VM, rewritten after each)
+    /// to PATH (*.prom) for node_exporter's textfile collector; written on failure too.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
     #[command(flatten)]
     pub batch: h2k_guest::batch::BatchArgs,
 }
@@ -197,6 +203,12 @@ pub fn plan_from_args(args: &FixArgs) -> Result<Plan> {
 }
 
 pub fn run(args: FixArgs, global: &GlobalArgs) -> Result<()> {
+    let textfile = args
+        .metrics_textfile
+        .as_deref()
+        .map(|p| h2k_guest::metrics::check_textfile("--metrics-textfile", p))
+        .transpose()?
+        .map(TextfileMetrics::new);
     if args.batch.batch.is_some() {
         let opts = h2k_guest::batch::BatchOptions {
             appliance: appliance_options(global),
@@ -205,10 +217,34 @@ pub fn run(args: FixArgs, global: &GlobalArgs) -> Result<()> {
             overwrite: args.overwrite,
             checksum: args.checksum,
             cancel: stop_on_signals()?,
+            metrics: textfile,
         };
         std::process::exit(h2k_guest::batch::run_cli(&args.batch, opts));
     }
-    let plan = plan_from_args(&args)?;
+    let started = std::time::Instant::now();
+    let mut sample = None;
+    let result = run_single(&args, global, &mut sample);
+    if let Some(t) = &textfile {
+        // Failed before the pipeline ran (the manifest, a flag): a failed job of that length.
+        let (outcome, sample) = sample.unwrap_or_else(|| {
+            (
+                JobOutcome::Failed,
+                JobSample::new(started.elapsed().as_secs_f64(), None),
+            )
+        });
+        t.record(Some(outcome), &sample);
+    }
+    result
+}
+
+/// One VM; `sample` gets the outcome and metrics of the pipeline run, once it has run.
+fn run_single(
+    args: &FixArgs,
+    global: &GlobalArgs,
+    sample: &mut Option<(JobOutcome, JobSample)>,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let plan = plan_from_args(args)?;
     for w in &plan.warnings {
         log::warn!("{w}");
     }
@@ -220,7 +256,16 @@ pub fn run(args: FixArgs, global: &GlobalArgs) -> Result<()> {
         overwrite: args.overwrite,
         report_path: args.report.as_deref().map(absolute).transpose()?,
     };
-    match pipeline::run(&plan, &opts) {
+    let result = pipeline::run(&plan, &opts);
+    let (outcome, report) = match &result {
+        Ok(r) => (JobOutcome::Success, r),
+        Err(f) => (JobOutcome::Failed, &f.report),
+    };
+    *sample = Some((
+        outcome,
+        JobSample::new(started.elapsed().as_secs_f64(), Some(report)),
+    ));
+    match result {
         Ok(report) => {
             out!("{}", h2k_guest::report::summary(&report));
             let path = report

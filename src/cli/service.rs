@@ -41,6 +41,14 @@ pub struct DaemonArgs {
     /// Sign every --webhook body (X-H2K-Signature: sha256=HMAC) with the key in PATH.
     #[arg(long, value_name = "PATH", requires = "webhooks")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464; `:9464` is
+    /// every IPv4 interface). Replaces the config's metrics_listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Keep the metrics in PATH (*.prom) for node_exporter's textfile collector, rewritten
+    /// atomically after each job and every 15 s. Replaces the config's metrics_textfile.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +119,8 @@ pub fn daemon(args: &DaemonArgs, global: &GlobalArgs) -> Result<()> {
         accel: global.accel,
         webhooks: args.webhooks.clone(),
         webhook_secret_file: args.webhook_secret_file.clone(),
+        metrics_listen: args.metrics_listen.clone(),
+        metrics_textfile: args.metrics_textfile.clone(),
     };
     let (cfg, warnings) = daemon::resolve(&overrides)?;
     Ok(daemon::run(cfg, warnings)?)

@@ -115,6 +115,7 @@ impl Daemon {
         match result {
             Ok(p) => {
                 self.failed += 1;
+                self.shared.metrics.record_rejected();
                 log::warn!(target: &format!("{}/claim", job_name(name)), "rejected {error}; filed as {}", job::rel(&sp, &p));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // someone else filed it

@@ -49,6 +49,8 @@ pub enum ConfigError {
     OnStop(String),
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 impl OnStop {
@@ -85,6 +87,10 @@ pub struct DaemonConfig {
     pub overrides: Overrides,
     /// Receivers of job events (`--webhook`, `webhooks:`).
     pub webhooks: Vec<crate::webhook::WebhookTarget>,
+    /// Serve `/metrics` here (`--metrics-listen`, `metrics_listen:`).
+    pub metrics_listen: Option<crate::metrics::ListenSpec>,
+    /// Keep the metrics in this file for node_exporter (`--metrics-textfile`, `metrics_textfile:`).
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -104,6 +110,8 @@ impl DaemonConfig {
             recover: Duration::from_secs(5),
             overrides: Overrides::default(),
             webhooks: Vec::new(),
+            metrics_listen: None,
+            metrics_textfile: None,
         }
     }
 }
@@ -123,6 +131,8 @@ pub struct ConfigFile {
     pub max_attempts: Option<u32>,
     pub max_manifest_bytes: Option<u64>,
     pub webhooks: Option<Vec<WebhookEntry>>,
+    pub metrics_listen: Option<String>,
+    pub metrics_textfile: Option<PathBuf>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml_ng::Value>,
 }
@@ -156,6 +166,7 @@ pub fn read_config_file(path: &Path) -> Result<(ConfigFile, Vec<String>), Config
         &mut cfg.manifest_workflow_dir,
         &mut cfg.output_dir,
         &mut cfg.log_file,
+        &mut cfg.metrics_textfile,
     ]
     .into_iter()
     .flatten()
@@ -204,6 +215,9 @@ pub struct Overrides {
     pub webhooks: Vec<String>,
     /// `--webhook-secret-file`: signs every `--webhook`.
     pub webhook_secret_file: Option<PathBuf>,
+    /// `--metrics-listen ADDR:PORT`, unparsed (checked by [`resolve`]).
+    pub metrics_listen: Option<String>,
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -261,6 +275,23 @@ pub fn resolve(o: &Overrides) -> Result<(DaemonConfig, Vec<String>), ConfigError
     cfg.appliance.verbose = cfg.verbose >= 3;
     cfg.overrides = o.clone();
     cfg.webhooks = webhook_targets(o, &file)?;
+    let file_name = o.config.as_deref().unwrap_or(Path::new("config")).display();
+    cfg.metrics_listen = match (&o.metrics_listen, &file.metrics_listen) {
+        (Some(v), _) => Some(crate::metrics::parse_listen("--metrics-listen", v)?),
+        (None, Some(v)) => Some(crate::metrics::parse_listen(
+            &format!("{file_name}: metrics_listen"),
+            v,
+        )?),
+        (None, None) => None,
+    };
+    cfg.metrics_textfile = match (&o.metrics_textfile, &file.metrics_textfile) {
+        (Some(p), _) => Some(crate::metrics::check_textfile("--metrics-textfile", p)?),
+        (None, Some(p)) => Some(crate::metrics::check_textfile(
+            &format!("{file_name}: metrics_textfile"),
+            p,
+        )?),
+        (None, None) => None,
+    };
     Ok((cfg, warnings))
 }
 
@@ -423,5 +454,51 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max_concurrent_jobs"));
+    }
+
+    #[test]
+    fn metrics_settings_come_from_the_flags_or_the_file_and_bad_ones_name_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "metrics_listen: 127.0.0.1:9464\nmetrics_textfile: h2k.prom\n",
+        )
+        .unwrap();
+        let mut o = Overrides {
+            config: Some(p.clone()),
+            ..Overrides::default()
+        };
+        let (cfg, _) = resolve(&o).unwrap();
+        let spec = cfg.metrics_listen.unwrap();
+        assert_eq!(spec.addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(spec.origin, format!("{}: metrics_listen", p.display()));
+        assert_eq!(cfg.metrics_textfile, Some(d.path().join("h2k.prom")));
+        o.metrics_listen = Some("[::1]:9000".into());
+        let (cfg, _) = resolve(&o).unwrap();
+        assert_eq!(cfg.metrics_listen.unwrap().origin, "--metrics-listen");
+        o.metrics_listen = Some("9000".into());
+        let e = resolve(&o).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--metrics-listen: \"9000\": expected ADDR:PORT"),
+            "{e}"
+        );
+        o.metrics_listen = None;
+        std::fs::write(&p, "metrics_listen: \"*:9464\"\n").unwrap();
+        let e = resolve(&o).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: metrics_listen: \"*:9464\": ", p.display())),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+        std::fs::write(&p, "metrics_textfile: /nonexistent/dir/h2k.prom\n").unwrap();
+        let e = resolve(&o).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: metrics_textfile: /nonexistent/dir/h2k.prom: ",
+                p.display()
+            )),
+            "{e}"
+        );
     }
 }

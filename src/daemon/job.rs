@@ -13,6 +13,7 @@ use super::records::{ErrorReport, JobStatus, ProcessedReport, Stage};
 use super::spool::{self, Claimed, LedgerEntry, Spool};
 use super::{DaemonConfig, OnStop};
 use crate::logging::JobCtx;
+use crate::metrics::{JobOutcome, JobSample};
 use crate::pipeline::{self, PipelineError, RunOptions};
 use crate::report::Report;
 use crate::util::now_rfc3339;
@@ -26,6 +27,8 @@ pub struct Shared {
     pub cancel: Arc<AtomicBool>,
     /// Shared with the configuration a SIGHUP reload makes (the URLs need a restart).
     pub webhooks: Arc<crate::webhook::Notifier>,
+    /// The daemon's metrics (one registry for its whole life).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,8 @@ pub enum Outcome {
     Requeued,
     /// Could not be filed at all (I/O error); left in `processing/` for recovery.
     Stuck,
+    /// A batch, split into one queued job per VM and filed under `processed/`.
+    Split,
 }
 
 /// Everything the main loop decided about a job before starting its thread.
@@ -63,6 +68,8 @@ enum Verdict {
     Interrupted {
         stage: String,
     },
+    /// A batch: these VMs are now queued as jobs of their own.
+    Split(Vec<super::split::Queued>),
 }
 
 /// Run the job and file it. Never panics (a panic in the pipeline is filed as a failure).
@@ -92,7 +99,23 @@ pub fn run(shared: &Shared, spec: JobSpec) -> Outcome {
         // (Only an empty directory goes; a retry makes a new one.)
         let _ = std::fs::remove_dir(dir);
     }
-    file(shared, &spec, verdict, seconds)
+    let sample = match &verdict {
+        Verdict::Success(r) => JobSample::new(seconds, Some(r)),
+        Verdict::Failure { report, .. } => JobSample::new(seconds, report.as_deref()),
+        Verdict::Interrupted { .. } => JobSample::new(seconds, None),
+        Verdict::Split(_) => {
+            // Not a VM: its VMs are counted as they finish.
+            return file(shared, &spec, verdict, seconds);
+        }
+    };
+    let outcome = file(shared, &spec, verdict, seconds);
+    let counted = match outcome {
+        Outcome::Processed => Some(JobOutcome::Success),
+        Outcome::Failed | Outcome::Stuck => Some(JobOutcome::Failed),
+        Outcome::Requeued | Outcome::Split => None,
+    };
+    shared.metrics.record(counted, &sample);
+    outcome
 }
 
 fn execute(shared: &Shared, spec: &JobSpec) -> Verdict {
@@ -119,6 +142,21 @@ fn execute(shared: &Shared, spec: &JobSpec) -> Verdict {
                 cfg.max_manifest_bytes
             ),
         );
+    }
+    if let Ok(text) = std::fs::read_to_string(&spec.claimed.path) {
+        if crate::batch::looks_like_batch(&text) {
+            return match super::split::split(
+                &shared.spool,
+                &spec.claimed,
+                &spec.ledger,
+                &spec.job_id,
+                &text,
+                cfg.max_manifest_bytes,
+            ) {
+                Ok(queued) => Verdict::Split(queued),
+                Err(e) => fail("manifest", e),
+            };
+        }
     }
     let plan = match crate::manifest::load_manifest(&spec.claimed.path, Some(&out_dir)) {
         Ok(p) => p,
@@ -275,6 +313,7 @@ fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outc
             shared.webhooks.send(&event);
             outcome
         }
+        Verdict::Split(queued) => file_split(shared, spec, &queued, seconds),
         Verdict::Interrupted { stage } => {
             let mut ledger = spec.ledger.clone();
             ledger.attempts = ledger.attempts.saturating_sub(1);
@@ -302,6 +341,64 @@ fn file(shared: &Shared, spec: &JobSpec, verdict: Verdict, seconds: f64) -> Outc
                     Outcome::Stuck
                 }
             }
+        }
+    }
+}
+
+/// File a split batch under `processed/DATE/` with a report of the jobs it queued.
+fn file_split(
+    shared: &Shared,
+    spec: &JobSpec,
+    queued: &[super::split::Queued],
+    seconds: f64,
+) -> Outcome {
+    let sp = &shared.spool;
+    let original = spec.claimed.original.as_os_str();
+    let name = original.to_string_lossy().into_owned();
+    let dir = sp.processed().join(spool::today());
+    let result = spool::file_with_sidecar(
+        &spec.claimed.path,
+        &dir,
+        original,
+        spool::REPORT_SUFFIX,
+        &mut |filed: &OsStr| {
+            let filed_report = ProcessedReport {
+                report: json!({"status": "split", "batch": {"vms": queued}}),
+                job_id: spec.job_id.clone(),
+                manifest: name.clone(),
+                filed_as: dir.join(filed),
+                completed_at: now_rfc3339(),
+                duration_seconds: round(seconds),
+                attempts: spec.ledger.attempts,
+                output_dir: None,
+                daemon_pid: std::process::id(),
+            };
+            serde_json::to_vec_pretty(&filed_report).unwrap_or_default()
+        },
+    );
+    match result {
+        Ok(filed) => {
+            spool::ledger_remove(sp, &spec.claimed.key);
+            let sidecar = format!("{}{}", filed.display(), spool::REPORT_SUFFIX);
+            let event = job_event(spec, EventKind::Finished, seconds)
+                .with_paths(None, Some(Path::new(&sidecar)));
+            shared.webhooks.send(&event);
+            log::info!(
+                "batch {name} split into {} job(s): {}; filed as {}",
+                queued.len(),
+                queued
+                    .iter()
+                    .map(|q| q.queued_as.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                rel(sp, &filed)
+            );
+            Outcome::Split
+        }
+        Err(e) => {
+            log::error!("cannot file the batch {name} as processed: {e}; it stays in processing/ and is not run again");
+            mark_unfileable(sp, &spec.claimed, &spec.ledger, &e);
+            Outcome::Stuck
         }
     }
 }

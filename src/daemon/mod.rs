@@ -46,6 +46,7 @@ mod ledger;
 mod notify;
 pub mod records;
 mod recover;
+mod split;
 pub mod spool;
 pub mod state;
 mod watch;
@@ -75,6 +76,8 @@ pub enum DaemonError {
     /// Already names its path (spool creation), or needs none (signals, threads).
     #[error(transparent)]
     Os(#[from] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -118,6 +121,33 @@ struct Daemon {
     notify: notify::Notifier,
     /// The last STATUS= sent to systemd.
     last_status: String,
+    /// `/metrics`, while the daemon runs.
+    _metrics_server: Option<crate::metrics::MetricsServer>,
+    /// What the textfile last showed (job counts, running) and when it was written.
+    textfile_key: Option<(u64, u64, u64, usize)>,
+    textfile_written: Instant,
+    textfile_error: Option<String>,
+}
+
+/// The metrics textfile is rewritten at least this often (the queue depth changes without
+/// any job starting or ending).
+const TEXTFILE_EVERY: Duration = Duration::from_secs(15);
+
+/// The queue depth of the spool, read when the metrics are rendered.
+fn queue_reader(sp: &Spool) -> crate::metrics::QueueReader {
+    let sp = sp.clone();
+    Box::new(move || {
+        vec![
+            (
+                "to_be_processed".to_string(),
+                spool::visible_entries(&sp.to_be_processed()).len() as u64,
+            ),
+            (
+                "processing".to_string(),
+                spool::visible_entries(&sp.processing()).len() as u64,
+            ),
+        ]
+    })
 }
 
 impl Daemon {
@@ -186,6 +216,40 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Keep the running gauge current; rewrite the textfile when a job started or ended, or
+    /// every [`TEXTFILE_EVERY`] (`force`: now).
+    fn refresh_metrics(&mut self, force: bool) {
+        let metrics = Arc::clone(&self.shared.metrics);
+        metrics.set_running(self.running.len());
+        let Some(path) = self.cfg().metrics_textfile.clone() else {
+            return;
+        };
+        let key = (
+            self.processed,
+            self.failed,
+            self.requeued,
+            self.running.len(),
+        );
+        if !force
+            && self.textfile_key == Some(key)
+            && self.textfile_written.elapsed() < TEXTFILE_EVERY
+        {
+            return;
+        }
+        match crate::metrics::text::write_textfile(&path, &metrics.render_text()) {
+            Ok(()) => self.textfile_error = None,
+            Err(e) => {
+                let msg = e.to_string();
+                if self.textfile_error.as_deref() != Some(&msg) {
+                    log::warn!("{}: cannot write the metrics: {msg}", path.display());
+                }
+                self.textfile_error = Some(msg);
+            }
+        }
+        self.textfile_key = Some(key);
+        self.textfile_written = Instant::now();
+    }
+
     /// One line for systemd's `STATUS=` (shown by `systemctl status`).
     fn status_line(&self) -> String {
         format!(
@@ -244,6 +308,7 @@ impl Daemon {
                         cfg: new,
                         cancel: Arc::clone(&self.shared.cancel),
                         webhooks: Arc::clone(&self.shared.webhooks),
+                        metrics: Arc::clone(&self.shared.metrics),
                     });
                 }
             }
@@ -302,6 +367,14 @@ fn merge_reloaded(
         restart.push("log_file".to_string());
         new.log_file = old.log_file.clone();
     }
+    if new.metrics_listen != old.metrics_listen {
+        restart.push("metrics_listen".to_string());
+        new.metrics_listen = old.metrics_listen.clone();
+    }
+    if new.metrics_textfile != old.metrics_textfile {
+        restart.push("metrics_textfile".to_string());
+        new.metrics_textfile = old.metrics_textfile.clone();
+    }
     if new.verbose != old.verbose {
         restart.push("verbose".to_string());
         new.verbose = old.verbose;
@@ -349,5 +422,21 @@ mod tests {
             ["output_dir /out → /out2", "max_concurrent_jobs 1 → 3"]
         );
         assert_eq!(restart, ["manifest_workflow_dir (still /spool)", "verbose"]);
+    }
+
+    #[test]
+    fn the_metrics_endpoint_and_textfile_need_a_restart() {
+        let old = DaemonConfig::new("/spool".into(), "/out".into());
+        let mut new = old.clone();
+        new.metrics_listen =
+            Some(crate::metrics::parse_listen("metrics_listen", "127.0.0.1:9464").unwrap());
+        new.metrics_textfile = Some("/m/h2k.prom".into());
+        let (merged, changes, restart) = merge_reloaded(&old, new);
+        assert_eq!(
+            (merged.metrics_listen, merged.metrics_textfile),
+            (None, None)
+        );
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(restart, ["metrics_listen", "metrics_textfile"]);
     }
 }

@@ -135,7 +135,10 @@ impl Daemon {
                     ledger.output_dir.as_deref(),
                     &info,
                 ) {
-                    Outcome::Failed => self.failed += 1,
+                    Outcome::Failed => {
+                        self.failed += 1;
+                        self.shared.metrics.record_rejected();
+                    }
                     _ => {
                         self.unfileable.insert(inode);
                     }

@@ -38,6 +38,19 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
         log::warn!("{w}");
     }
     let sp = Spool::new(&cfg.dir);
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        crate::metrics::Scope::Daemon {
+            queue: super::queue_reader(&sp),
+        },
+    ));
+    // Bound first: a port in use stops the start before anything is written.
+    let metrics_server = match &cfg.metrics_listen {
+        Some(spec) => Some(crate::metrics::MetricsServer::start(
+            spec,
+            Arc::clone(&metrics),
+        )?),
+        None => None,
+    };
     sp.create()?;
     std::fs::create_dir_all(&cfg.output_dir).map_err(DaemonError::io(format!(
         "{}: cannot create the output directory",
@@ -121,6 +134,7 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
             cfg: cfg.clone(),
             cancel,
             webhooks: Arc::new(crate::webhook::Notifier::start(&cfg.webhooks)?),
+            metrics,
         }),
         reg,
         started_at: now_rfc3339(),
@@ -140,6 +154,10 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
         last_write: Instant::now(),
         notify: super::notify::Notifier::from_env(),
         last_status: String::new(),
+        _metrics_server: metrics_server,
+        textfile_key: None,
+        textfile_written: Instant::now(),
+        textfile_error: None,
     };
     d.write_state(true);
     d.recover();
@@ -173,7 +191,7 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
                         Outcome::Processed => d.processed += 1,
                         Outcome::Failed => d.failed += 1,
                         Outcome::Requeued => d.requeued += 1,
-                        Outcome::Stuck => {}
+                        Outcome::Stuck | Outcome::Split => {}
                     }
                     dirty = true;
                 }
@@ -212,6 +230,7 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
             next_rescan = Instant::now() + cfg.rescan;
         }
         d.write_state(false);
+        d.refresh_metrics(false);
         d.update_status();
         d.notify.keep_alive();
         if d.stopping && d.running.is_empty() {
@@ -234,6 +253,7 @@ pub fn run(cfg: DaemonConfig, warnings: Vec<String>) -> Result<(), DaemonError> 
         d.started_at
     );
     d.shared.webhooks.finish(crate::webhook::WEBHOOK_GRACE);
+    d.refresh_metrics(true);
     drop(d);
     Ok(())
 }

@@ -356,3 +356,6 @@ pub fn deb_package() -> PathBuf {
     })
     .clone()
 }
+
+#[allow(dead_code)]
+pub mod daemon;
