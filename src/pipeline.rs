@@ -41,6 +41,8 @@ pub enum PipelineError {
     Convert(#[from] ConvertError),
     #[error("{0}")]
     Validate(String),
+    #[error(transparent)]
+    Libvirt(#[from] crate::libvirt::LibvirtError),
     #[error("appliance: {0}")]
     Guestfs(#[from] GuestfsError),
     #[error("interrupted")]
@@ -194,6 +196,21 @@ fn run_stages(
     stage: &mut String,
     created_dirs: &mut Vec<PathBuf>,
 ) -> Result<(), PipelineError> {
+    // An OVA becomes one disk per VMDK of the package, with the OVF's hardware: from here on
+    // the expanded plan is the job's (and the report's).
+    *stage = "load".into();
+    let expanded = load::ova::expand_plan(plan)?;
+    let plan = match &expanded {
+        Some(p) => {
+            for w in &p.warnings[plan.warnings.len().min(p.warnings.len())..] {
+                log::warn!("{w}");
+                report.warnings.push(w.clone());
+            }
+            report.plan = p.clone();
+            p
+        }
+        None => plan,
+    };
     *stage = "sanity".into();
     report.stage("sanity", |_| sanity(plan, opts, created_dirs))?;
     check_cancel(opts)?;
@@ -330,17 +347,22 @@ fn run_stages(
         *stage = "validate".into();
         report.stage("validate", |r| validate_outputs(plan, opts, r))?;
     }
+    check_cancel(opts)?;
+
+    // Last, so a domain is written (and defined) only for a job that succeeded.
+    if plan.libvirt_xml_path().is_some() {
+        *stage = "libvirt".into();
+        report.stage("libvirt", |r| -> Result<(), PipelineError> {
+            if let Some((record, warnings)) = crate::libvirt::write_domain(plan, r, opts.overwrite)?
+            {
+                r.warnings.extend(warnings);
+                r.libvirt = Some(record);
+            }
+            Ok(())
+        })?;
+    }
     drop(workdir);
     Ok(())
-}
-
-/// Whether `--install-guest-agent` put the agent in (or found it there): the boot check then
-/// expects it to answer.
-fn agent_installed(report: &Report) -> bool {
-    report
-        .fixes
-        .iter()
-        .any(|f| f.name == fix::guest_agent::STEP && f.status != fix::FixStatus::Skipped)
 }
 
 /// `create_dir_all` that records each directory it had to make (outermost first).
@@ -416,6 +438,8 @@ fn sanity(plan: &Plan, opts: &RunOptions, created: &mut Vec<PathBuf>) -> Result<
             )));
         }
     }
+    crate::libvirt::check_plan(plan, opts.overwrite)
+        .map_err(|e| PipelineError::Sanity(e.to_string()))?;
     Ok(())
 }
 
@@ -452,7 +476,7 @@ fn load_sources(
     let mut overlays = Vec::new();
     let mut total_virtual: u64 = 0;
     for (i, d) in plan.disks.iter().enumerate() {
-        let source = Source::parse(&d.source);
+        let source = Source::of_disk(d)?;
         // The checksum first: nothing else (qemu-img included) reads a file that does not match.
         let mut sha = None;
         if let Some(p) = source.local_file() {
@@ -627,7 +651,7 @@ fn validate_outputs(
             .collect(),
             expect_ifaces: plan.validate.expect_ifaces.clone(),
             // An agent this run installed must answer.
-            expect_agent: agent_installed(report),
+            expect_agent: report.guest_agent_present(),
         };
         let outcome = crate::validate::probe_check(&probe)
             .map_err(|e| PipelineError::Validate(e.to_string()))?;

@@ -74,6 +74,9 @@ pub struct Report {
     pub fixes: Vec<FixRecord>,
     pub outputs: Vec<OutputRecord>,
     pub validation: Vec<ValidationRecord>,
+    /// The libvirt domain written (and defined) for the outputs, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub libvirt: Option<crate::libvirt::LibvirtRecord>,
     pub warnings: Vec<String>,
     #[serde(skip)]
     start: Option<Instant>,
@@ -165,10 +168,18 @@ impl Report {
             fixes: Vec::new(),
             outputs: Vec::new(),
             validation: Vec::new(),
+            libvirt: None,
             warnings: plan.warnings.clone(),
             start: Some(Instant::now()),
             written_to: None,
         }
+    }
+
+    /// Whether `--install-guest-agent` put qemu-guest-agent in (or found it there).
+    pub fn guest_agent_present(&self) -> bool {
+        self.fixes.iter().any(|f| {
+            f.name == crate::fix::guest_agent::STEP && f.status != crate::fix::FixStatus::Skipped
+        })
     }
 
     /// Run `f` as stage `name`, recording its start, end and duration even when it fails.
