@@ -19,6 +19,10 @@ PACKAGES=(
     ovmf debootstrap dosfstools e2fsprogs xfsprogs btrfs-progs lvm2 parted gdisk fdisk util-linux zstd
     qemu-utils
     systemd
+    # tests/libvirt.rs, tests/ova.rs: a real libvirtd (no qemu downgrade: it takes the backports
+    # qemu-system-x86; --no-install-recommends keeps dnsmasq, swtpm and the other drivers out),
+    # virsh and virt-xml-validate, which needs xmllint
+    libvirt-daemon-system libvirt-clients libxml2-utils
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)
 

@@ -150,7 +150,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Report, Box<JobFailure>> {
             // Refused before anything was written: the directories this run made for its
             // outputs go again (deepest first), and no report is left in them.
             let early = matches!(stage.as_str(), "sanity" | "load");
-            if early && !created_dirs.is_empty() {
+            // Refused before the output directory existed (an OVA's bad descriptor): there is
+            // nowhere to put a report, and nothing to clean up.
+            let no_dir = !report_path.parent().is_some_and(Path::is_dir);
+            if early && (!created_dirs.is_empty() || no_dir) {
                 for dir in created_dirs.iter().rev() {
                     let _ = std::fs::remove_dir(dir);
                 }

@@ -9,15 +9,13 @@ pub mod domain;
 mod tests;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::accel::Accel;
-use crate::plan::{Firmware, Plan};
+use crate::plan::Plan;
 use crate::process;
-use crate::report::Report;
+use crate::report::{LibvirtRecord, Report};
 pub use domain::{render, DomainSpec, DomainType, MACHINE};
 
 /// `virsh define` talks to a local or remote daemon; a minute is plenty.
@@ -47,26 +45,6 @@ pub enum LibvirtError {
         path: String,
         reason: String,
     },
-}
-
-/// What the report's `libvirt` says.
-#[derive(Debug, Clone, Serialize)]
-pub struct LibvirtRecord {
-    pub xml: PathBuf,
-    pub name: String,
-    pub domain_type: DomainType,
-    pub machine: String,
-    pub firmware: Firmware,
-    /// `declared` (manifest or OVF), `detected` (inspection) or `default`.
-    pub firmware_from: String,
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    pub disks: Vec<PathBuf>,
-    /// Each NIC's MAC; null where libvirt picks one.
-    pub nics: Vec<Option<String>>,
-    pub guest_agent_channel: bool,
-    /// The URI it was defined on, when `--libvirt-define` asked.
-    pub defined: Option<String>,
 }
 
 /// `kvm` when the job's appliance ran under KVM (the accelerator probe said it works), else
@@ -172,7 +150,7 @@ pub fn write_domain(
     let record = LibvirtRecord {
         xml: path,
         name: spec.name,
-        domain_type: spec.domain_type,
+        domain_type: spec.domain_type.as_str().into(),
         machine: MACHINE.into(),
         firmware: spec.firmware,
         firmware_from: spec.firmware_from.into(),

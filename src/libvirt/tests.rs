@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::domain::{domain_name, target_dev, DomainSpec, DomainType};
 use super::*;
 use crate::fix::{FixRecord, FixStatus, NicChoice};
-use crate::plan::{LibvirtNetwork, NicPlan, OutputFormat};
+use crate::plan::{Firmware, LibvirtNetwork, NicPlan, OutputFormat};
 use crate::report::OutputRecord;
 
 fn plan(disks: usize) -> Plan {
@@ -368,7 +368,7 @@ fn the_xml_is_written_whole_and_never_over_a_file_it_did_not_make() {
     let r = report(&p);
     let (record, _) = write_domain(&p, &r, false).unwrap().unwrap();
     assert_eq!(record.xml, dir.path().join("web01.xml"));
-    assert_eq!(record.domain_type, domain_type_of(&r));
+    assert_eq!(record.domain_type, domain_type_of(&r).as_str());
     let written = std::fs::read_to_string(&record.xml).unwrap();
     roxmltree::Document::parse(&written).unwrap();
     let e = write_domain(&p, &r, false).unwrap_err().to_string();
