@@ -313,10 +313,13 @@ pub fn run(args: FixArgs, global: &GlobalArgs) -> Result<()> {
                 Some(sig) => format!("interrupted by {sig}"),
                 None => f.error.to_string(),
             };
-            Err(
-                anyhow::anyhow!("{cause} (report: {})", f.report_path.display())
-                    .context(format!("{} failed in the {} stage", plan.job_name, f.stage)),
-            )
+            // A run refused before its output directory existed wrote no report.
+            let report = match f.report.written_path() {
+                Some(path) => format!(" (report: {})", path.display()),
+                None => String::new(),
+            };
+            Err(anyhow::anyhow!("{cause}{report}")
+                .context(format!("{} failed in the {} stage", plan.job_name, f.stage)))
         }
     }
 }
@@ -324,8 +327,13 @@ pub fn run(args: FixArgs, global: &GlobalArgs) -> Result<()> {
 pub fn describe_plan(plan: &Plan) -> String {
     let mut o = format!("manifest ok: {:?} job {:?}\n", plan.dialect, plan.job_name);
     for d in &plan.disks {
+        let member = d
+            .ova_member
+            .as_deref()
+            .map(|m| format!(" [{m}]"))
+            .unwrap_or_default();
         o += &format!(
-            "  disk {}: {} ({}) -> {}\n",
+            "  disk {}: {}{member} ({}) -> {}\n",
             d.id,
             d.source,
             d.format.as_deref().unwrap_or("auto"),
@@ -345,6 +353,15 @@ pub fn describe_plan(plan: &Plan) -> String {
             ""
         }
     );
+    if let Some(from) = &plan.vm.hardware_from {
+        let v = &plan.vm;
+        o += &format!(
+            "  hardware (from {from}): {} vCPUs, {} MiB, {} firmware\n",
+            v.cpu.map_or("?".into(), |c| c.to_string()),
+            v.memory_mib().map_or("?".into(), |m| m.to_string()),
+            v.firmware.map_or("unknown".into(), |f| f.to_string())
+        );
+    }
     o += &format!("  network: {}", plan.fix.network.as_str());
     for n in &plan.fix.nics {
         let old = n.mac.as_deref().unwrap_or("?");
