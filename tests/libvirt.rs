@@ -316,10 +316,21 @@ fn fix_define_boot(
         return Err(run.describe());
     }
     let xml = fs::read_to_string(&xml_path).map_err(|e| format!("{}: {e}", xml_path.display()))?;
-    // What the domain says, from the job: TCG here, the fixture's firmware, its output, the
-    // MAC its ens192 is kept on.
+    let mut report_file = out.as_os_str().to_owned();
+    report_file.push(".report.json");
+    let report = common::read_json(Path::new(&report_file));
+    // TCG here (no working KVM): type qemu; kvm where the job's appliance had KVM.
+    let domain_type = match report["appliance"]["accelerator"].as_str() {
+        Some("kvm") => "kvm",
+        _ => "qemu",
+    };
+    // What the domain says, from the job: the type, the fixture's firmware, its output, the
+    // MAC its ens192 is kept on, the console log asked for.
     let checks = [
-        (xml_attrs(&xml, "domain", "type"), vec!["qemu".to_string()]),
+        (
+            xml_attrs(&xml, "domain", "type"),
+            vec![domain_type.to_string()],
+        ),
         (
             xml_attrs(&xml, "source", "file"),
             vec![out.display().to_string()],
