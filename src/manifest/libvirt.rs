@@ -142,6 +142,49 @@ mod tests {
     }
 
     #[test]
+    fn both_dialects_read_pipeline_libvirt_and_the_seed_reads_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("web01.vmdk");
+        std::fs::write(&disk, b"x").unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let seed = format!(
+            r#"{{"version": "1.0", "vm": {{"cpu": 4, "mem_gb": 8, "firmware": "uefi"}},
+                "pipeline": {{"load": {{"source_path": "{}"}},
+                              "libvirt": {{"xml": "vm.xml", "define": "qemu:///session"}}}}}}"#,
+            disk.display()
+        );
+        let plan = crate::manifest::parse_manifest(&seed, &dir.path().join("m.json"), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plan.libvirt_xml_path(), Some(root.join("vm.xml")));
+        assert_eq!(plan.libvirt.define.as_deref(), Some("qemu:///session"));
+        assert_eq!(
+            (plan.vm.cpu, plan.vm.memory_mib(), plan.vm.firmware),
+            (Some(4), Some(8192), Some(crate::plan::Firmware::Uefi))
+        );
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        let artifact = format!(
+            r#"{{"manifest_version": "1.0", "source": {{"vm_name": "web01"}},
+                "disks": [{{"id": "boot", "source_format": "vmdk", "bytes": 1,
+                            "local_path": "{}"}}],
+                "output": {{"directory": "out"}},
+                "pipeline": {{"libvirt": {{"console_log": "web01.log"}}}}}}"#,
+            disk.display()
+        );
+        let plan = crate::manifest::parse_manifest(&artifact, &dir.path().join("a.json"), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plan.libvirt_xml_path(), Some(root.join("out/web01.xml")));
+        assert_eq!(plan.libvirt.console_log, Some(root.join("out/web01.log")));
+        let bad = artifact.replace("web01.log", "../../x.log");
+        let e = crate::manifest::parse_manifest(&bad, &dir.path().join("a.json"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a.json: pipeline.libvirt.console_log: \"../../x.log\" escapes"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_libvirt_values_name_their_key() {
         let root = Path::new("/out");
         for (value, expected) in [
