@@ -28,6 +28,10 @@ PACKAGES=(
     # crun refuses this machine's hybrid cgroup layout
     podman runc
     prometheus    # tests/metrics.rs: a real Prometheus server scrapes the daemon; promtool checks the textfile
+    # tests/libvirt.rs, tests/ova.rs: a real libvirtd (no qemu downgrade: it takes the backports
+    # qemu-system-x86; --no-install-recommends keeps dnsmasq, swtpm and the other drivers out),
+    # virsh and virt-xml-validate, which needs xmllint
+    libvirt-daemon-system libvirt-clients libxml2-utils
 )
 BACKPORT_PACKAGES=(qemu-system-x86 qemu-system-data qemu-system-common qemu-block-extra)
 

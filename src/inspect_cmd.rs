@@ -27,11 +27,23 @@ pub struct InspectReport {
     pub tool_version: String,
     pub libguestfs_version: String,
     pub source: SourceInfo,
+    /// An OVA's other disks, in the descriptor's order (the first is `source`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_disks: Vec<SourceInfo>,
+    /// An OVA's OVF descriptor: its name and the VM's hardware.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ovf: Option<OvfSummary>,
     pub accelerator: crate::accel::Accel,
     pub accelerator_reason: String,
     pub appliance_launch_seconds: f64,
     pub operating_systems: Vec<OsInfo>,
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OvfSummary {
+    pub descriptor: String,
+    pub hardware: load::ovf::OvfHardware,
 }
 
 /// Inspect `disk`; `quiet` hides the appliance spinner (as `--quiet` asks);
@@ -53,10 +65,34 @@ pub fn inspect_disk(
         false => Ok(()),
     };
     let source = Source::parse(disk);
-    let info = load::probe_with(&source, format, trust_backing_files)?;
     let mut warnings = Vec::new();
-    if trust_backing_files && info.chain.len() > 1 {
-        warnings.push(trusted_backing_warning(&info));
+    // An OVA: every disk of the package, in its descriptor's order, and the VM's hardware.
+    let package = match &source {
+        Source::Ova { ova, .. } => load::ova::open(ova)?.map(|p| (ova.clone(), p)),
+        _ => None,
+    };
+    let sources = match &package {
+        Some((ova, p)) => {
+            warnings.extend(p.warnings.iter().cloned());
+            p.disks
+                .iter()
+                .map(|m| Source::Ova {
+                    ova: ova.clone(),
+                    member: m.name.clone(),
+                    offset: m.offset,
+                    size: m.size,
+                })
+                .collect()
+        }
+        None => vec![source],
+    };
+    let mut infos = Vec::new();
+    for s in &sources {
+        let info = load::probe_with(s, format, trust_backing_files)?;
+        if trust_backing_files && info.chain.len() > 1 {
+            warnings.push(trusted_backing_warning(&info));
+        }
+        infos.push(info);
     }
     // libguestfs cannot open a byte range of an OVA; a throw-away overlay can (its backing
     // file is the json: name of the member).
@@ -64,24 +100,27 @@ pub fn inspect_disk(
         path: "temp dir".into(),
         reason: e.to_string(),
     })?;
-    let drive = match &info.source {
-        Source::Ova { .. } => {
-            let overlay = overlay_dir.path().join("ova.qcow2");
-            load::create_overlay(&info, &overlay)?;
-            Drive {
-                path: overlay.display().to_string(),
-                options: DriveOptions {
-                    readonly: true,
-                    format: Some("qcow2".into()),
-                    ..Default::default()
-                },
+    let mut drives = Vec::new();
+    for (i, info) in infos.iter().enumerate() {
+        drives.push(match &info.source {
+            Source::Ova { .. } => {
+                let overlay = overlay_dir.path().join(format!("ova{i}.qcow2"));
+                load::create_overlay(info, &overlay)?;
+                Drive {
+                    path: overlay.display().to_string(),
+                    options: DriveOptions {
+                        readonly: true,
+                        format: Some("qcow2".into()),
+                        ..Default::default()
+                    },
+                }
             }
-        }
-        _ => drive_for(&info, true),
-    };
+            _ => drive_for(info, true),
+        });
+    }
     go_on()?;
     let spinner = crate::progress::Spinner::new("starting the libguestfs appliance", quiet);
-    let app = Appliance::launch(&[drive], opts).map_err(|cause| InspectCmdError::Appliance {
+    let app = Appliance::launch(&drives, opts).map_err(|cause| InspectCmdError::Appliance {
         disk: disk.into(),
         cause,
     });
@@ -100,10 +139,19 @@ pub fn inspect_disk(
         oses.push(inspect::inspect_root(&app.g, root, &disks).map_err(wrap)?);
         app.g.umount_all().map_err(|e| wrap(e.into()))?;
     }
+    let mut infos = infos.into_iter();
+    let info = infos.next().expect("at least one disk");
     Ok(InspectReport {
         tool_version: crate::version::TOOL.into(),
         libguestfs_version: crate::version::LIBGUESTFS.into(),
         source: info,
+        other_disks: infos.collect(),
+        ovf: package
+            .and_then(|(_, p)| p.ovf)
+            .map(|(descriptor, d)| OvfSummary {
+                descriptor,
+                hardware: d.hardware,
+            }),
         accelerator: app.accel,
         accelerator_reason: app.accel_reason.clone(),
         appliance_launch_seconds: app.launch_seconds,
@@ -173,6 +221,42 @@ pub fn nbd_server_and_export(uri: &str) -> (String, String) {
     (format!("tcp:{hostport}"), export.to_string())
 }
 
+/// `web01.ovf: VM web01, 2 vCPUs, 1536 MiB, uefi, NICs 00:50:56:ab:cd:01 on VM Network`.
+pub fn ovf_line(ovf: &OvfSummary) -> String {
+    let hw = &ovf.hardware;
+    let mut parts = Vec::new();
+    if let Some(n) = &hw.name {
+        parts.push(format!("VM {n}"));
+    }
+    if let Some(c) = hw.cpus {
+        parts.push(format!("{c} vCPUs"));
+    }
+    if let Some(m) = hw.memory_mib {
+        parts.push(format!("{m} MiB"));
+    }
+    if let Some(f) = hw.firmware {
+        parts.push(f.to_string());
+    }
+    if !hw.nics.is_empty() {
+        let nics: Vec<String> = hw
+            .nics
+            .iter()
+            .map(|n| {
+                let mac = n.mac.as_deref().unwrap_or("(no MAC)");
+                match &n.network {
+                    Some(net) => format!("{mac} on {net}"),
+                    None => mac.to_string(),
+                }
+            })
+            .collect();
+        parts.push(format!("NICs {}", nics.join(", ")));
+    }
+    if parts.is_empty() {
+        parts.push("no hardware described".into());
+    }
+    format!("{}: {}", ovf.descriptor, parts.join(", "))
+}
+
 fn opt(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
 }
@@ -185,6 +269,18 @@ pub fn render_table(r: &InspectReport) -> String {
         "Source:       {} ({}, {:.2} GiB virtual)\n",
         r.source.source, r.source.format, size_gib
     );
+    for (i, d) in r.other_disks.iter().enumerate() {
+        o += &format!(
+            "Disk {}:       {} ({}, {:.2} GiB virtual)\n",
+            i + 2,
+            d.source,
+            d.format,
+            d.virtual_size as f64 / (1u64 << 30) as f64
+        );
+    }
+    if let Some(ovf) = &r.ovf {
+        o += &format!("OVF:          {}\n", ovf_line(ovf));
+    }
     o += &format!(
         "Appliance:    {} ({}), launched in {:.1} s\n",
         r.accelerator, r.accelerator_reason, r.appliance_launch_seconds

@@ -23,6 +23,7 @@ pub mod initramfs_image;
 pub mod inspect;
 pub mod inspect_cmd;
 pub mod inspect_photon;
+pub mod libvirt;
 pub mod load;
 pub mod logging;
 pub mod manifest;

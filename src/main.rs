@@ -65,7 +65,8 @@ pub(crate) struct GlobalArgs {
 pub(crate) enum Commands {
     /// Show the operating systems on a disk and how they boot.
     Inspect {
-        /// Disk image (vmdk, qcow2, raw, vhd, vhdx, vdi) or an nbd:// URI.
+        /// Disk image (vmdk, qcow2, raw, vhd, vhdx, vdi), an OVA (every disk, with its OVF
+        /// hardware) or an nbd:// URI.
         disk: String,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -197,7 +198,11 @@ fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         } => {
-            let plan = manifest::load_manifest(&file, output_dir.as_deref())?;
+            let mut plan = manifest::load_manifest(&file, output_dir.as_deref())?;
+            // An OVA's disks and hardware, as the run will see them (its OVF is read here).
+            if let Some(expanded) = h2k_guest::load::ova::expand_plan(&plan)? {
+                plan = expanded;
+            }
             if json {
                 outln!("{}", serde_json::to_string_pretty(&plan)?);
             } else {

@@ -41,6 +41,8 @@ pub enum PipelineError {
     Convert(#[from] ConvertError),
     #[error("{0}")]
     Validate(String),
+    #[error(transparent)]
+    Libvirt(#[from] crate::libvirt::LibvirtError),
     #[error("appliance: {0}")]
     Guestfs(#[from] GuestfsError),
     #[error("interrupted")]
@@ -148,7 +150,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Report, Box<JobFailure>> {
             // Refused before anything was written: the directories this run made for its
             // outputs go again (deepest first), and no report is left in them.
             let early = matches!(stage.as_str(), "sanity" | "load");
-            if early && !created_dirs.is_empty() {
+            // Refused before the output directory existed (an OVA's bad descriptor): there is
+            // nowhere to put a report, and nothing to clean up.
+            let no_dir = !report_path.parent().is_some_and(Path::is_dir);
+            if early && (!created_dirs.is_empty() || no_dir) {
                 for dir in created_dirs.iter().rev() {
                     let _ = std::fs::remove_dir(dir);
                 }
@@ -194,6 +199,21 @@ fn run_stages(
     stage: &mut String,
     created_dirs: &mut Vec<PathBuf>,
 ) -> Result<(), PipelineError> {
+    // An OVA becomes one disk per VMDK of the package, with the OVF's hardware: from here on
+    // the expanded plan is the job's (and the report's).
+    *stage = "load".into();
+    let expanded = load::ova::expand_plan(plan)?;
+    let plan = match &expanded {
+        Some(p) => {
+            for w in &p.warnings[plan.warnings.len().min(p.warnings.len())..] {
+                log::warn!("{w}");
+                report.warnings.push(w.clone());
+            }
+            report.plan = p.clone();
+            p
+        }
+        None => plan,
+    };
     *stage = "sanity".into();
     report.stage("sanity", |_| sanity(plan, opts, created_dirs))?;
     check_cancel(opts)?;
@@ -349,17 +369,22 @@ fn run_stages(
         *stage = "validate".into();
         report.stage("validate", |r| validate_outputs(plan, opts, r))?;
     }
+    check_cancel(opts)?;
+
+    // Last, so a domain is written (and defined) only for a job that succeeded.
+    if plan.libvirt_xml_path().is_some() {
+        *stage = "libvirt".into();
+        report.stage("libvirt", |r| -> Result<(), PipelineError> {
+            if let Some((record, warnings)) = crate::libvirt::write_domain(plan, r, opts.overwrite)?
+            {
+                r.warnings.extend(warnings);
+                r.libvirt = Some(record);
+            }
+            Ok(())
+        })?;
+    }
     drop(workdir);
     Ok(())
-}
-
-/// Whether `--install-guest-agent` put the agent in (or found it there): the boot check then
-/// expects it to answer.
-fn agent_installed(report: &Report) -> bool {
-    report
-        .fixes
-        .iter()
-        .any(|f| f.name == fix::guest_agent::STEP && f.status != fix::FixStatus::Skipped)
 }
 
 /// `create_dir_all` that records each directory it had to make (outermost first).
@@ -435,6 +460,8 @@ fn sanity(plan: &Plan, opts: &RunOptions, created: &mut Vec<PathBuf>) -> Result<
             )));
         }
     }
+    crate::libvirt::check_plan(plan, opts.overwrite)
+        .map_err(|e| PipelineError::Sanity(e.to_string()))?;
     Ok(())
 }
 
@@ -471,7 +498,7 @@ fn load_sources(
     let mut overlays = Vec::new();
     let mut total_virtual: u64 = 0;
     for (i, d) in plan.disks.iter().enumerate() {
-        let source = Source::parse(&d.source);
+        let source = Source::of_disk(d)?;
         // The checksum first: nothing else (qemu-img included) reads a file that does not match.
         let mut sha = None;
         if let Some(p) = source.local_file() {
@@ -665,7 +692,7 @@ fn validate_outputs(
             .collect(),
             expect_ifaces: plan.validate.expect_ifaces.clone(),
             // An agent this run installed must answer.
-            expect_agent: agent_installed(report),
+            expect_agent: report.guest_agent_present(),
         };
         let outcome = crate::validate::probe_check(&probe)
             .map_err(|e| PipelineError::Validate(e.to_string()))?;

@@ -49,6 +49,11 @@ pub fn qemu_nbd() -> Command {
     Command::new(QEMU_NBD)
 }
 
+/// A `virsh` (libvirt's client) command to add arguments to.
+pub fn virsh() -> Command {
+    Command::new("virsh")
+}
+
 /// A `qemu-system-x86_64` (or `H2K_QEMU`) command to add arguments to.
 pub fn qemu_system() -> Command {
     Command::new(qemu_system_program())

@@ -84,6 +84,9 @@ pub struct Report {
     pub fixes: Vec<FixRecord>,
     pub outputs: Vec<OutputRecord>,
     pub validation: Vec<ValidationRecord>,
+    /// The libvirt domain written (and defined) for the outputs, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub libvirt: Option<LibvirtRecord>,
     pub warnings: Vec<String>,
     #[serde(skip)]
     start: Option<Instant>,
@@ -94,6 +97,27 @@ pub struct Report {
     /// only file it may replace).
     #[serde(skip)]
     written_to: Option<(PathBuf, PathBuf)>,
+}
+
+/// The libvirt domain written for the outputs (`fix --libvirt-xml`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LibvirtRecord {
+    pub xml: PathBuf,
+    pub name: String,
+    /// `kvm` or `qemu`.
+    pub domain_type: String,
+    pub machine: String,
+    pub firmware: crate::plan::Firmware,
+    /// `declared` (manifest or OVF), `detected` (inspection) or `default`.
+    pub firmware_from: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disks: Vec<PathBuf>,
+    /// Each NIC's MAC; null where libvirt picks one.
+    pub nics: Vec<Option<String>>,
+    pub guest_agent_channel: bool,
+    /// The URI it was defined on, when `--libvirt-define` asked.
+    pub defined: Option<String>,
 }
 
 /// Where the job stands, as the report's `status` says it.
@@ -178,11 +202,19 @@ impl Report {
             fixes: Vec::new(),
             outputs: Vec::new(),
             validation: Vec::new(),
+            libvirt: None,
             warnings: plan.warnings.clone(),
             start: Some(Instant::now()),
             pending_parts: Vec::new(),
             written_to: None,
         }
+    }
+
+    /// Whether `--install-guest-agent` put qemu-guest-agent in (or found it there).
+    pub fn guest_agent_present(&self) -> bool {
+        self.fixes.iter().any(|f| {
+            f.name == crate::fix::guest_agent::STEP && f.status != crate::fix::FixStatus::Skipped
+        })
     }
 
     /// Run `f` as stage `name`, recording its start, end and duration even when it fails.

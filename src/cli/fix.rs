@@ -15,7 +15,8 @@ use super::{absolute, appliance_options, GlobalArgs};
 
 #[derive(Args, Debug)]
 pub struct FixArgs {
-    /// Source disk (vmdk, qcow2, raw, vhd, vhdx, vdi) or nbd:// URI; instead of --manifest.
+    /// Source disk (vmdk, qcow2, raw, vhd, vhdx, vdi), an OVA (all its disks, in its OVF's
+    /// order; OUTPUT is the first, the others OUTPUT-diskN) or nbd:// URI; instead of --manifest.
     #[arg(conflicts_with = "manifest", required_unless_present_any = ["manifest", "batch"])]
     pub disk: Option<String>,
     /// A manifest (seed format or HyperSDK Artifact Manifest v1.0; JSON or YAML).
@@ -114,6 +115,32 @@ pub struct FixArgs {
     /// to PATH (*.prom) for node_exporter's textfile collector; written on failure too.
     #[arg(long, value_name = "PATH")]
     pub metrics_textfile: Option<PathBuf>,
+    /// When the job succeeds, write a libvirt domain XML for the outputs (default
+    /// OUTPUT_DIR/JOB.xml; give a path as --libvirt-xml=PATH): virtio disks in boot order,
+    /// the NICs with the MACs the network step chose, a serial console, an RNG, the
+    /// guest-agent channel when the agent is in the guest; type kvm where KVM works, else qemu.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub libvirt_xml: Option<String>,
+    /// Also define the domain with `virsh -c URI define` (default qemu:///system; give one
+    /// as --libvirt-define=URI). Implies --libvirt-xml.
+    #[arg(long, value_name = "URI", num_args = 0..=1, require_equals = true,
+          default_missing_value = h2k_guest::plan::DEFAULT_LIBVIRT_URI)]
+    pub libvirt_define: Option<String>,
+    /// What the domain's NICs attach to: network:NAME (default network:default),
+    /// bridge:NAME, or user (user-mode networking, no host setup).
+    #[arg(long, value_name = "network:NAME|bridge:NAME|user")]
+    pub libvirt_network: Option<String>,
+    /// Log the domain's serial console to this file (`<log file=…/>`; libvirt writes it while
+    /// the VM runs).
+    #[arg(long, value_name = "PATH")]
+    pub libvirt_console_log: Option<PathBuf>,
+    /// vCPUs of the domain (default: the manifest's vm.cpu, else the OVA's OVF, else 2).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub vcpus: Option<u32>,
+    /// Memory of the domain in MiB (default: the manifest's vm.mem_gb, else the OVA's OVF,
+    /// else 2048).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(128..=(64 << 20)))]
+    pub memory_mib: Option<u64>,
     #[command(flatten)]
     pub batch: h2k_guest::batch::BatchArgs,
 }
@@ -199,7 +226,53 @@ pub fn plan_from_args(args: &FixArgs) -> Result<Plan> {
         "--expect-iface applies to the boot check: add --boot-check (or validate.boot to the manifest)"
     );
     plan.trust_backing_files |= args.trust_backing_files;
+    libvirt_from_args(args, &mut plan)?;
     Ok(plan)
+}
+
+/// The `--libvirt-*`, `--vcpus` and `--memory-mib` flags, over the manifest's settings.
+fn libvirt_from_args(args: &FixArgs, plan: &mut Plan) -> Result<()> {
+    if let Some(path) = &args.libvirt_xml {
+        plan.libvirt.xml = true;
+        if !path.is_empty() {
+            plan.libvirt.xml_path = Some(absolute(Path::new(path))?);
+        }
+    }
+    if let Some(uri) = &args.libvirt_define {
+        anyhow::ensure!(
+            h2k_guest::plan::valid_libvirt_uri(uri),
+            "--libvirt-define={uri:?}: not a libvirt URI (qemu:///system, qemu+ssh://HOST/system)"
+        );
+        plan.libvirt.define = Some(uri.clone());
+    }
+    if let Some(n) = &args.libvirt_network {
+        plan.libvirt.network = n
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--libvirt-network {e}"))?;
+    }
+    if let Some(log) = &args.libvirt_console_log {
+        plan.libvirt.console_log = Some(absolute(log)?);
+    }
+    if let Some(n) = args.vcpus {
+        plan.vm.cpu = Some(n);
+    }
+    if let Some(mib) = args.memory_mib {
+        plan.vm.mem_gb = Some(mib as f64 / 1024.0);
+    }
+    let domain_only = [
+        (args.libvirt_network.is_some(), "--libvirt-network"),
+        (args.libvirt_console_log.is_some(), "--libvirt-console-log"),
+        (args.vcpus.is_some(), "--vcpus"),
+        (args.memory_mib.is_some(), "--memory-mib"),
+    ];
+    if plan.libvirt_xml_path().is_none() {
+        if let Some((_, flag)) = domain_only.iter().find(|(given, _)| *given) {
+            anyhow::bail!(
+                "{flag} applies to the libvirt domain: add --libvirt-xml (or pipeline.libvirt to the manifest)"
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn run(args: FixArgs, global: &GlobalArgs) -> Result<()> {
@@ -285,10 +358,13 @@ fn run_single(
                 Some(sig) => format!("interrupted by {sig}"),
                 None => f.error.to_string(),
             };
-            Err(
-                anyhow::anyhow!("{cause} (report: {})", f.report_path.display())
-                    .context(format!("{} failed in the {} stage", plan.job_name, f.stage)),
-            )
+            // A run refused before its output directory existed wrote no report.
+            let report = match f.report.written_path() {
+                Some(path) => format!(" (report: {})", path.display()),
+                None => String::new(),
+            };
+            Err(anyhow::anyhow!("{cause}{report}")
+                .context(format!("{} failed in the {} stage", plan.job_name, f.stage)))
         }
     }
 }
@@ -296,8 +372,13 @@ fn run_single(
 pub fn describe_plan(plan: &Plan) -> String {
     let mut o = format!("manifest ok: {:?} job {:?}\n", plan.dialect, plan.job_name);
     for d in &plan.disks {
+        let member = d
+            .ova_member
+            .as_deref()
+            .map(|m| format!(" [{m}]"))
+            .unwrap_or_default();
         o += &format!(
-            "  disk {}: {} ({}) -> {}\n",
+            "  disk {}: {}{member} ({}) -> {}\n",
             d.id,
             d.source,
             d.format.as_deref().unwrap_or("auto"),
@@ -317,6 +398,15 @@ pub fn describe_plan(plan: &Plan) -> String {
             ""
         }
     );
+    if let Some(from) = &plan.vm.hardware_from {
+        let v = &plan.vm;
+        o += &format!(
+            "  hardware (from {from}): {} vCPUs, {} MiB, {} firmware\n",
+            v.cpu.map_or("?".into(), |c| c.to_string()),
+            v.memory_mib().map_or("?".into(), |m| m.to_string()),
+            v.firmware.map_or("unknown".into(), |f| f.to_string())
+        );
+    }
     o += &format!("  network: {}", plan.fix.network.as_str());
     for n in &plan.fix.nics {
         let old = n.mac.as_deref().unwrap_or("?");
@@ -343,6 +433,18 @@ pub fn describe_plan(plan: &Plan) -> String {
         o += &format!(", expect interfaces {}", ifaces.join(", "));
     }
     o += ")\n";
+    if let Some(xml) = plan.libvirt_xml_path() {
+        let l = &plan.libvirt;
+        o += &format!("  libvirt: domain XML {}", xml.display());
+        if let Some(uri) = &l.define {
+            o += &format!(", defined on {uri}");
+        }
+        o += &format!(", NICs on {}", l.network);
+        if let Some(log) = &l.console_log {
+            o += &format!(", console log {}", log.display());
+        }
+        o += "\n";
+    }
     for w in &plan.warnings {
         o += &format!("  warning: {w}\n");
     }
@@ -410,6 +512,58 @@ mod tests {
         assert!(err.to_string().contains("add --boot-check"), "{err}");
         let err = plan(&["--boot-check", "--expect-iface", "ens192=10.0.2.300"]).unwrap_err();
         assert!(err.to_string().contains("is not an address"), "{err}");
+    }
+
+    #[test]
+    fn libvirt_flags_go_into_the_plan() {
+        let p = plan(&[]).unwrap();
+        assert_eq!(p.libvirt_xml_path(), None);
+        let p = plan(&["--libvirt-xml"]).unwrap();
+        assert_eq!(p.libvirt_xml_path(), Some(PathBuf::from("/out/vm.xml")));
+        let p = plan(&[
+            "--libvirt-xml=/etc/libvirt/qemu/vm.xml",
+            "--libvirt-define",
+            "--libvirt-network",
+            "user",
+            "--libvirt-console-log",
+            "/var/log/vm.log",
+            "--vcpus",
+            "3",
+            "--memory-mib",
+            "1536",
+        ])
+        .unwrap();
+        assert_eq!(
+            p.libvirt_xml_path(),
+            Some(PathBuf::from("/etc/libvirt/qemu/vm.xml"))
+        );
+        assert_eq!(p.libvirt.define.as_deref(), Some("qemu:///system"));
+        assert_eq!(p.libvirt.network, h2k_guest::plan::LibvirtNetwork::User);
+        assert_eq!((p.vm.cpu, p.vm.memory_mib()), (Some(3), Some(1536)));
+        assert!(describe_plan(&p).contains(
+            "libvirt: domain XML /etc/libvirt/qemu/vm.xml, defined on qemu:///system, NICs on \
+             user, console log /var/log/vm.log"
+        ));
+        let p = plan(&["--libvirt-define=qemu+ssh://kvm1/system"]).unwrap();
+        assert_eq!(p.libvirt_xml_path(), Some(PathBuf::from("/out/vm.xml")));
+        for (args, expected) in [
+            (&["--libvirt-define=system"][..], "not a libvirt URI"),
+            (
+                &["--libvirt-xml", "--libvirt-network", "nat"][..],
+                "--libvirt-network \"nat\"",
+            ),
+            (
+                &["--vcpus", "2"][..],
+                "--vcpus applies to the libvirt domain",
+            ),
+            (
+                &["--libvirt-xml", "--vcpus", "0"][..],
+                "0 is not in 1..=4096",
+            ),
+        ] {
+            let e = format!("{:#}", plan(args).unwrap_err());
+            assert!(e.contains(expected), "{args:?}: {e}");
+        }
     }
 
     #[test]

@@ -170,6 +170,7 @@ pub fn install(guest: &Guest, prepared: &Prepared) -> Result<FixRecord, FixError
                 summary: format!("{PACKAGE} {version} already installed"),
                 files: Vec::new(),
                 seconds: 0.0,
+                nics: Vec::new(),
             })
         }
         Prepared::Fetched {
@@ -252,6 +253,7 @@ pub fn install(guest: &Guest, prepared: &Prepared) -> Result<FixRecord, FixError
             note: format!("dpkg -i {installed}"),
         }],
         seconds: started.elapsed().as_secs_f64() + fetch_seconds,
+        nics: Vec::new(),
     })
 }
 

@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use crate::guestfs::{Guestfs, GuestfsError};
 use crate::inspect::OsInfo;
-pub use record::{unified_diff, FileChange, FixRecord, FixStatus};
+pub use record::{unified_diff, FileChange, FixRecord, FixStatus, NicChoice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FixError {
@@ -224,6 +224,7 @@ pub fn record(name: &str, started: Instant, files: Vec<FileChange>, summary: Str
         summary,
         files,
         seconds: started.elapsed().as_secs_f64(),
+        nics: Vec::new(),
     }
 }
 
@@ -235,6 +236,7 @@ pub fn skipped(name: &str, why: &str) -> FixRecord {
         summary: why.into(),
         files: Vec::new(),
         seconds: 0.0,
+        nics: Vec::new(),
     }
 }
 

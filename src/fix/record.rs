@@ -39,6 +39,18 @@ pub struct FixRecord {
     pub summary: String,
     pub files: Vec<FileChange>,
     pub seconds: f64,
+    /// The network step's NICs: each configured interface and the MAC its NIC must have on
+    /// KVM (what the libvirt domain gives it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicChoice>,
+}
+
+/// An interface the guest configures and the MAC its NIC must have on KVM; `mac` None: the
+/// one virtio NIC, whatever its MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicChoice {
+    pub interface: String,
+    pub mac: Option<String>,
 }
 
 /// A unified diff between two versions of a guest file.

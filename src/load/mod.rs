@@ -44,8 +44,12 @@ pub enum LoadError {
     },
 }
 
+pub mod ova;
+pub mod ovf;
 pub mod policy;
 pub mod vhdx;
+
+pub use ova::{ova_disks, OvaMember};
 
 /// How long `qemu-img info` / `create` may take: they read headers only, so a hang means a
 /// hostile or unreachable image (an NBD server that never answers), not a big one.
@@ -107,6 +111,24 @@ impl Source {
         }
     }
 
+    /// The source of one disk of a plan: its OVA member when the plan names one (see
+    /// [`ova::expand_plan`]), else as [`Source::parse`] reads it.
+    pub fn of_disk(disk: &crate::plan::DiskPlan) -> Result<Source, LoadError> {
+        match &disk.ova_member {
+            None => Ok(Source::parse(&disk.source)),
+            Some(name) => {
+                let path = PathBuf::from(&disk.source);
+                let m = ova::member(&path, name)?;
+                Ok(Source::Ova {
+                    ova: std::path::absolute(&path).unwrap_or(path),
+                    member: m.name,
+                    offset: m.offset,
+                    size: m.size,
+                })
+            }
+        }
+    }
+
     /// The local file behind the source (the OVA itself for an OVA member).
     pub fn local_file(&self) -> Option<&Path> {
         match self {
@@ -123,44 +145,6 @@ impl std::fmt::Display for Source {
             other => f.write_str(&other.qemu_name()),
         }
     }
-}
-
-/// A disk inside an OVA.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OvaMember {
-    pub name: String,
-    pub offset: u64,
-    pub size: u64,
-}
-
-/// The `.vmdk` members of a tar (OVA) file, in archive order; empty when it is not a tar.
-pub fn ova_disks(path: &Path) -> Vec<OvaMember> {
-    // Non-blocking, regular files only: a FIFO must not hang here.
-    let Ok(mut f) = policy::open_source(path) else {
-        return Vec::new();
-    };
-    let mut head = [0u8; 512];
-    if f.read_exact(&mut head).is_err() || &head[257..262] != b"ustar" {
-        return Vec::new();
-    }
-    let _ = f.seek(SeekFrom::Start(0));
-    let mut archive = tar::Archive::new(f);
-    let Ok(entries) = archive.entries() else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.path().ok()?.to_string_lossy().into_owned();
-            name.to_ascii_lowercase()
-                .ends_with(".vmdk")
-                .then(|| OvaMember {
-                    name,
-                    offset: e.raw_file_position(),
-                    size: e.size(),
-                })
-        })
-        .collect()
 }
 
 /// What qemu-img says about one layer of the image chain.

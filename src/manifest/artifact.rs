@@ -121,15 +121,7 @@ pub(super) fn artifact_plan(
             no_control_chars(&source.key("vm_name"), name)?;
         }
     }
-    if let Some(hw) = top.object("vm", ARTIFACT_VM_KEYS, w)? {
-        // The exporter omits zero values; a 0 here means "unknown", not "none".
-        vm.cpu = hw.u32("cpu")?.filter(|&n| n > 0);
-        vm.mem_gb = hw.number("mem_gb")?.filter(|&n| n > 0.0);
-        vm.firmware = hw.choice("firmware", FIRMWARES)?.flatten();
-        hw.bool("secureboot")?;
-        vm.os_hint = hw.str("os_hint")?.map(str::to_string);
-        hw.str("os_version")?;
-    }
+    read_vm(&top, &mut vm, w)?;
     if let Some(nics) = top.array("nics")? {
         for (i, item) in nics.iter().enumerate() {
             vm.nics.push(artifact_nic(i, item, w)?);
@@ -144,8 +136,9 @@ pub(super) fn artifact_plan(
     let mut convert = ConvertPlan::default();
     let mut validate = ValidatePlan::default();
     let mut trust_backing_files = false;
-    let pipeline_keys = &["load", "inspect", "fix", "convert", "validate"];
-    if let Some(p) = top.object("pipeline", pipeline_keys, w)? {
+    let pipeline_keys = &["load", "inspect", "fix", "convert", "validate", "libvirt"];
+    let pipeline = top.object("pipeline", pipeline_keys, w)?;
+    if let Some(p) = &pipeline {
         if let Some(load) = p.object("load", &["trust_backing_files"], w)? {
             trust_backing_files = load.bool("trust_backing_files")?.unwrap_or(false);
         }
@@ -191,6 +184,10 @@ pub(super) fn artifact_plan(
     }
     convert.format = format.0;
     settle_convert(&mut convert, "pipeline.convert", w);
+    let libvirt = match &pipeline {
+        Some(p) => super::libvirt::libvirt_plan(p, &base, &root, w)?,
+        None => Default::default(),
+    };
 
     // `output.filename` names the boot disk's output (the first after sorting); others get `<id>.<ext>`.
     let mut planned = Vec::with_capacity(disks.len());
@@ -231,6 +228,7 @@ pub(super) fn artifact_plan(
                 boot_order_hint: disk.boot_order_hint,
                 bytes: Some(disk.bytes),
                 output,
+                ova_member: None,
             })
             .collect(),
         inspect,
@@ -238,10 +236,25 @@ pub(super) fn artifact_plan(
         convert,
         validate,
         vm,
+        libvirt,
         output_dir: root,
         trust_backing_files,
         warnings: Vec::new(),
     })
+}
+
+/// `vm{cpu, mem_gb, firmware, secureboot, os_hint, os_version}` (the seed dialect reads it too).
+pub(super) fn read_vm(top: &Obj, vm: &mut VmPlan, w: &mut Vec<String>) -> Res<()> {
+    if let Some(hw) = top.object("vm", ARTIFACT_VM_KEYS, w)? {
+        // The exporter omits zero values; a 0 here means "unknown", not "none".
+        vm.cpu = hw.u32("cpu")?.filter(|&n| n > 0);
+        vm.mem_gb = hw.number("mem_gb")?.filter(|&n| n > 0.0);
+        vm.firmware = hw.choice("firmware", FIRMWARES)?.flatten();
+        hw.bool("secureboot")?;
+        vm.os_hint = hw.str("os_hint")?.map(str::to_string);
+        hw.str("os_version")?;
+    }
+    Ok(())
 }
 
 /// `nics[i]`: its VMware MAC, and (h2k-guest extensions) the MAC and interface name it gets on

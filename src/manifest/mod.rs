@@ -350,6 +350,7 @@ fn yaml_key(key: serde_yaml_ng::Value) -> String {
 }
 
 mod artifact;
+mod libvirt;
 mod paths;
 mod seed;
 mod value;
@@ -789,6 +790,7 @@ mod tests {
                     network: Some("VM Network".into()),
                     ..NicPlan::default()
                 }],
+                hardware_from: None,
             }
         );
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);

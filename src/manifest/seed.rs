@@ -8,8 +8,10 @@ use super::paths::*;
 use super::value::*;
 use crate::plan::{ConvertPlan, Dialect, DiskPlan, DiskType, FixPlan, FstabMode, Plan, VmPlan};
 
-pub(super) const SEED_TOP_KEYS: &[&str] = &["version", "manifest_version", "metadata", "pipeline"];
-pub(super) const SEED_PIPELINE_KEYS: &[&str] = &["load", "inspect", "fix", "convert", "validate"];
+pub(super) const SEED_TOP_KEYS: &[&str] =
+    &["version", "manifest_version", "metadata", "pipeline", "vm"];
+pub(super) const SEED_PIPELINE_KEYS: &[&str] =
+    &["load", "inspect", "fix", "convert", "validate", "libvirt"];
 pub(super) const SEED_FIX_KEYS: &[&str] = &[
     "enabled",
     "fstab",
@@ -105,6 +107,12 @@ pub(super) fn seed_plan(
     settle_convert(&mut convert, "pipeline.convert", w);
 
     let validate = validate_plan(pipeline.object("validate", VALIDATE_KEYS, w)?)?;
+    let libvirt = super::libvirt::libvirt_plan(&pipeline, &root, &root, w)?;
+    let mut vm = VmPlan {
+        name: name.map(str::to_string),
+        ..VmPlan::default()
+    };
+    super::artifact::read_vm(&top, &mut vm, w)?;
 
     let id = disk_id_from_source(&source);
     let (output, output_key) = match output_path {
@@ -138,15 +146,14 @@ pub(super) fn seed_plan(
             boot_order_hint: None,
             bytes: None,
             output,
+            ova_member: None,
         }],
         inspect,
         fix,
         convert,
         validate,
-        vm: VmPlan {
-            name: name.map(str::to_string),
-            ..VmPlan::default()
-        },
+        vm,
+        libvirt,
         output_dir: root,
         trust_backing_files,
         warnings: Vec::new(),

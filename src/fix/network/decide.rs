@@ -8,6 +8,7 @@ use super::render::{
     drop_lines, fallback_link_path, is_vmware_mac, is_vmware_slot_name, link_path, render_link,
     replace_mac, replace_name, LinkMatch,
 };
+use crate::fix::record::NicChoice;
 use crate::plan::{normalize_mac, NetworkMode, NicPlan};
 
 /// A guest file to write whole (new, or the edited text of an existing one).
@@ -31,6 +32,8 @@ pub struct Decision {
     pub removals: Vec<Removal>,
     /// One line per configured interface: old name/MAC → new name/MAC, and how.
     pub outcomes: Vec<String>,
+    /// Each configured ethernet interface and the MAC its NIC has on KVM.
+    pub nics: Vec<NicChoice>,
     pub warnings: Vec<String>,
 }
 
@@ -176,6 +179,10 @@ fn leave(
             "{}: left as configured",
             describe(&iface.name, iface.mac.as_deref())
         ));
+        d.nics.push(NicChoice {
+            interface: iface.name.clone(),
+            mac: iface.mac.clone(),
+        });
     }
 }
 
@@ -289,6 +296,13 @@ fn keep_names(
                 continue;
             }
         };
+        d.nics.push(NicChoice {
+            interface: iface.name.clone(),
+            mac: match &matcher {
+                LinkMatch::Mac(mac) => Some(mac.clone()),
+                LinkMatch::VirtioDriver => None,
+            },
+        });
         let path = link_path(&iface.name);
         let how = match &matcher {
             LinkMatch::Mac(mac) => format!("{} ({mac})", iface.name),
@@ -417,6 +431,10 @@ fn rename(
             .as_ref()
             .map(|m| macs.get(m).unwrap_or(m).clone())
             .or_else(|| nic.and_then(|n| n.target_mac.clone()));
+        d.nics.push(NicChoice {
+            interface: new.clone(),
+            mac: target.clone(),
+        });
         d.outcomes.push(format!(
             "{} → {}, {}: configuration renamed in {}",
             describe(&iface.name, iface.mac.as_deref()),
@@ -549,6 +567,14 @@ mod tests {
             .iter()
             .any(|o| o.contains("removed the udev rule pinning ens192")));
         assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        // The libvirt domain gives the NIC the MAC the name is kept on.
+        assert_eq!(
+            d.nics,
+            [NicChoice {
+                interface: "ens192".into(),
+                mac: Some(MAC.into())
+            }]
+        );
         assert_idempotent(&files, NetworkMode::KeepNames, &[]);
     }
 
@@ -581,6 +607,7 @@ mod tests {
             "{:?}",
             d.outcomes
         );
+        assert_eq!(d.nics[0].mac.as_deref(), Some(NEW));
         assert_idempotent(&files, NetworkMode::KeepNames, &nics);
     }
 
@@ -593,6 +620,7 @@ mod tests {
             render_link(&LinkMatch::VirtioDriver, "ens192")
         );
         assert!(d.outcomes[0].contains("ens192 (MAC unknown) → ens192 (the virtio NIC)"));
+        assert_eq!(d.nics[0].mac, None);
         assert_idempotent(&files, NetworkMode::KeepNames, &[]);
         // One NIC in the plan with its KVM MAC: matched by that MAC instead.
         let one = [nic("00:50:56:00:00:09", Some(NEW), None)];

@@ -204,7 +204,9 @@ pub fn run(
     } else {
         format!("{}: {}", mode.as_str(), decision.outcomes.join("; "))
     };
-    Ok(record(STEP, started, changes, summary))
+    let mut rec = record(STEP, started, changes, summary);
+    rec.nics = decision.nics;
+    Ok(rec)
 }
 
 #[cfg(test)]

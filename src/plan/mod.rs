@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod libvirt;
+pub use libvirt::*;
+
 /// Where the job's description came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -115,6 +118,10 @@ pub struct DiskPlan {
     pub bytes: Option<u64>,
     /// Absolute output path (the final name; `.part` is added while writing).
     pub output: PathBuf,
+    /// When `source` is an OVA: the disk (tar member) this entry converts. LOAD fills it in
+    /// for every disk of the OVA, in the OVF's order ([`crate::load::ova::expand_plan`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ova_member: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -281,6 +288,18 @@ pub struct VmPlan {
     pub firmware: Option<Firmware>,
     pub os_hint: Option<String>,
     pub nics: Vec<NicPlan>,
+    /// The OVF descriptor the facts the manifest did not give came from (`vm.ova: vm.ovf`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardware_from: Option<String>,
+}
+
+impl VmPlan {
+    /// Memory in MiB, when known.
+    pub fn memory_mib(&self) -> Option<u64> {
+        self.mem_gb
+            .filter(|g| g.is_finite() && *g > 0.0)
+            .map(|g| (g * 1024.0).round() as u64)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -487,6 +506,8 @@ pub struct Plan {
     pub convert: ConvertPlan,
     pub validate: ValidatePlan,
     pub vm: VmPlan,
+    /// The libvirt domain XML (off unless asked for).
+    pub libvirt: LibvirtPlan,
     /// Directory outputs are confined to.
     pub output_dir: PathBuf,
     /// Follow backing files and VMDK extents outside the source's own directory tree (and
@@ -548,12 +569,14 @@ impl Plan {
                 boot_order_hint: Some(0),
                 bytes: None,
                 output,
+                ova_member: None,
             }],
             inspect: true,
             fix: FixPlan::default(),
             convert: ConvertPlan::default(),
             validate: ValidatePlan::default(),
             vm: VmPlan::default(),
+            libvirt: LibvirtPlan::default(),
             output_dir,
             trust_backing_files: false,
             warnings: Vec::new(),
