@@ -474,8 +474,18 @@ fn the_endpoint_serves_both_formats_and_a_taken_port_is_a_clear_error() {
         )
     );
     drop(server);
-    // Stopped on drop: the port is free again.
-    let again = MetricsServer::start(&spec, m).unwrap();
+    // Stopped on drop: the port is free again (the accept thread may take a moment to let go).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let again = loop {
+        match MetricsServer::start(&spec, Arc::clone(&m)) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("the port was not freed: {e}"),
+        }
+    };
     drop(again);
 }
 
