@@ -108,6 +108,21 @@ impl Console {
         if let Some(f) = classify_line(line) {
             self.findings.push(f);
         }
+        // In the initramfs the device jobs systemd shows are the root's (or resume's): one
+        // still waited for after INITRAMFS_DEVICE_WAIT has no driver (dracut itself gives up
+        // only minutes later, when its initqueue times out).
+        if self.stage == Stage::Initramfs {
+            if let Some(waited) = device_job_wait(line) {
+                if waited >= INITRAMFS_DEVICE_WAIT_SECS {
+                    self.findings.push(Finding {
+                        kind: FailureKind::RootDeviceMissing,
+                        strength: Strength::Fatal,
+                        line: line.trim().to_string(),
+                        device: None,
+                    });
+                }
+            }
+        }
         self.track_stage(line);
         if self.lines.len() == KEEP_LINES {
             self.lines.pop_front();
@@ -275,6 +290,39 @@ pub fn clean_terminal(s: &str) -> String {
         }
     }
     out
+}
+
+/// Seconds a device job may run in the initramfs before the boot counts as failed.
+pub(crate) const INITRAMFS_DEVICE_WAIT_SECS: f64 = 90.0;
+
+/// How long systemd's status line says a device job has run: "Job dev-disk-by\x2duuid-…
+/// start running (1min 5s / no limit)" or "A start job is running for /dev/disk/by-uuid/… (42s
+/// / 1min 30s)".
+pub(crate) fn device_job_wait(line: &str) -> Option<f64> {
+    let is_device_job = line.contains("Job dev-")
+        || (line.contains("start job is running for") && line.contains("/dev/"));
+    if !is_device_job {
+        return None;
+    }
+    let open = line.rfind('(')?;
+    let rest = &line[open + 1..];
+    let elapsed = &rest[..rest.find(" / ")?];
+    let mut total = 0.0;
+    for token in elapsed.split_whitespace() {
+        let digits = token
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(token.len());
+        let value: f64 = token[..digits].parse().ok()?;
+        total += value
+            * match &token[digits..] {
+                "h" => 3600.0,
+                "min" => 60.0,
+                "s" => 1.0,
+                "ms" => 0.001,
+                _ => return None,
+            };
+    }
+    Some(total)
 }
 
 /// `host login:` as getty prints it.

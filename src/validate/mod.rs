@@ -518,6 +518,46 @@ mod tests {
     }
 
     #[test]
+    fn device_jobs_waited_for_in_the_initramfs_end_the_boot() {
+        use super::console::device_job_wait;
+        assert_eq!(
+            device_job_wait(
+                "[ *** ] Job dev-disk-by\\x2dpartuuid-b9e90f3…tart running (5min 19s / no limit)"
+            ),
+            Some(319.0)
+        );
+        assert_eq!(
+            device_job_wait(
+                "[  *  ] A start job is running for /dev/disk/by-uuid/1234 (42s / 1min 30s)"
+            ),
+            Some(42.0)
+        );
+        assert_eq!(
+            device_job_wait("[  OK  ] Finished systemd-sysctl.service (3s / no limit)"),
+            None
+        );
+        assert_eq!(
+            device_job_wait("Job dev-sda1.device/start running (soon / no limit)"),
+            None
+        );
+        // Under 90 s: still running; past it, in the initramfs: the root never came.
+        let mut c = feed("[    1.000000] Run /init as init process\r\n");
+        c.push("\x1b[K[ \x1b[0;31m*\x1b[0m] Job dev-disk-by\\x2dpartuuid-b9e9…tart running (1min 0s / no limit)\r".as_bytes());
+        assert!(matches!(c.verdict(), Verdict::Running), "{:?}", c.verdict());
+        c.push("\x1b[K[ \x1b[0;31m*\x1b[0m] Job dev-disk-by\\x2dpartuuid-b9e9…tart running (1min 31s / no limit)\r".as_bytes());
+        assert!(
+            matches!(c.verdict(), Verdict::Failed { ref finding, .. } if finding.kind == FailureKind::RootDeviceMissing),
+            "{:?}",
+            c.verdict()
+        );
+        // The same wait after the switch to the real root is a data disk's: not this rule.
+        let mut c =
+            feed("[    1.000000] Run /init as init process\r\n[    5.0] Switching root.\r\n");
+        c.push(b"[ *** ] A start job is running for /dev/disk/by-uuid/9 (1min 40s / 1min 30s)\r");
+        assert!(matches!(c.verdict(), Verdict::Running), "{:?}", c.verdict());
+    }
+
+    #[test]
     fn tracks_the_stage_and_the_root_argument() {
         let mut c = feed("SeaBIOS (version 1.16.3)\r\nBooting from Hard Disk...\r\n");
         assert_eq!(c.stage(), Stage::Firmware);
