@@ -66,7 +66,9 @@ impl NbdExport {
             socket: socket.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !socket.exists() {
+        // Ready when it accepts a connection: the socket file can exist before qemu-nbd
+        // listens on it (seen with Debian 12's qemu-nbd 7.2 inside a container).
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
             if let Ok(Some(status)) = export.child.try_wait() {
                 let mut err = String::new();
                 if let Some(mut e) = export.child.take_stderr() {

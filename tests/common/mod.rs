@@ -329,6 +329,16 @@ pub fn deb_package() -> PathBuf {
                 "CARGO_TARGET_DIR",
                 bin().parent().unwrap().parent().unwrap(),
             )
+            // Beside, not over, a release .deb of the same name in TARGET/debian.
+            .env(
+                "H2K_DEB_OUTPUT",
+                bin()
+                    .parent()
+                    .unwrap()
+                    .parent()
+                    .unwrap()
+                    .join("debian-test"),
+            )
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
