@@ -232,7 +232,7 @@ fn run_stages(
     let overlays = report.stage("load", |r| load_sources(plan, opts, r, workdir.path()))?;
     check_cancel(opts)?;
 
-    *stage = "inspect".into();
+    *stage = "appliance".into();
     let drives: Vec<Drive> = overlays
         .iter()
         .map(|o| Drive {
@@ -257,6 +257,7 @@ fn run_stages(
     let app = report.stage("appliance", |_| Appliance::launch(&drives, &app_opts));
     spinner.finish();
     let app = app?;
+    *stage = "inspect".into();
     report.appliance = Some(ApplianceRecord {
         accelerator: app.accel,
         reason: app.accel_reason.clone(),
