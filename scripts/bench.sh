@@ -4,8 +4,10 @@
 #
 #   bash scripts/bench.sh [--rounds N] [--fixtures a[:N],b[:N]] [--no-boot] [--no-grow] [--keep]
 #                         [--wait-idle SECS] [--doc FILE] [--no-doc] [--baseline BIN]
+#                         [--tools h2k,v2v,...]
 #
-# NAME:N in --fixtures overrides --rounds for that fixture. Per fixture and round (the order
+# NAME:N in --fixtures overrides --rounds for that fixture; --tools keeps only the runs it names
+# (default: all below; floor-same and floor-nbd follow h2k). Per fixture and round (the order
 # reverses every other round):
 #   h2k         h2k-guest fix SRC -o OUT.qcow2 -q                      (--initramfs auto, the default)
 #   h2k-rebuild h2k-guest fix SRC -o OUT.qcow2 -q --initramfs rebuild  (the guest's own tool)
@@ -51,10 +53,11 @@ WAIT_IDLE=600
 DOC=$REPO/docs/benchmarks.md
 WRITE_DOC=1
 BASELINE=
+TOOLS=
 ORIG_ARGS="$*"
 
 usage() {
-    sed -n '2,9p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,11p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 while [ $# -gt 0 ]; do
@@ -68,6 +71,7 @@ while [ $# -gt 0 ]; do
         --doc) DOC=$(readlink -f "${2:?}"); shift 2 ;;
         --no-doc) WRITE_DOC=0; shift ;;
         --baseline) BASELINE=$(readlink -f "${2:?}"); shift 2 ;;
+        --tools) TOOLS=${2:?}; shift 2 ;;
         -h|--help) usage ;;
         *) echo "bench: unknown argument $1" >&2; usage ;;
     esac
@@ -271,6 +275,7 @@ for spec in "${FIX_LIST[@]}"; do
             if [ $((r % 2)) = 0 ]; then order=(h2k-base "${order[@]}"); else order=(h2k h2k-base "${order[@]:1}"); fi
         fi
         for tool in "${order[@]}"; do
+            if [ -n "$TOOLS" ] && [[ ",$TOOLS," != *",$tool,"* ]]; then continue; fi
             case $tool in
                 h2k) measure "$fixture" h2k "$r" "$D/h2k.qcow2" "$D/h2k.qcow2.report.json" -- \
                         "$H2K" fix "$src" -o "$D/h2k.qcow2" -q --accel "$ACCEL" ;;
