@@ -53,7 +53,7 @@ fi
 # Integration tests that need no guest image run while the images build (cold, that is 25+
 # minutes); every other file in tests/ runs after them. A new test file lands in the second
 # set unless it is listed here.
-EARLY_TESTS=(hostile_manifests hostile_sources hostile_spool systemd_unit webhook workflow_watch guest_agent_apt kubernetes kubernetes_entrypoint docs deb spool_batch)
+EARLY_TESTS=(hostile_manifests hostile_sources hostile_spool systemd_unit webhook workflow_watch guest_agent_apt kubernetes kubernetes_entrypoint docs deb spool_batch container)
 early_args=()
 late_args=()
 for f in tests/*.rs; do
