@@ -289,6 +289,29 @@ struct Worker {
     thread: JoinHandle<()>,
 }
 
+/// One delivery thread (and queue) per target.
+fn start_workers(targets: &[WebhookTarget]) -> std::io::Result<Vec<Worker>> {
+    let mut workers = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_LEN);
+        log::info!(
+            "webhook {}: job events{}",
+            redact(&t.url),
+            if t.is_signed() { ", signed" } else { "" }
+        );
+        let target = t.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("webhook {i}"))
+            .spawn(move || deliver_all(&target, rx))?;
+        workers.push(Worker {
+            url: t.url.clone(),
+            tx,
+            thread,
+        });
+    }
+    Ok(workers)
+}
+
 /// The daemon's webhook sender: one queue and thread per URL.
 #[derive(Default)]
 pub struct Notifier {
@@ -299,27 +322,22 @@ pub struct Notifier {
 impl Notifier {
     /// Start one delivery thread per target (none for an empty list).
     pub fn start(targets: &[WebhookTarget]) -> std::io::Result<Notifier> {
-        let mut workers = Vec::new();
-        for (i, t) in targets.iter().enumerate() {
-            let (tx, rx) = mpsc::sync_channel(QUEUE_LEN);
-            log::info!(
-                "webhook {}: job events{}",
-                redact(&t.url),
-                if t.is_signed() { ", signed" } else { "" }
-            );
-            let target = t.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("webhook {i}"))
-                .spawn(move || deliver_all(&target, rx))?;
-            workers.push(Worker {
-                url: t.url.clone(),
-                tx,
-                thread,
-            });
-        }
         Ok(Notifier {
-            workers: Mutex::new(workers),
+            workers: Mutex::new(start_workers(targets)?),
         })
+    }
+
+    /// Send later events to `targets` instead (a SIGHUP reload). The old threads are not
+    /// waited for: each still delivers what was queued to it, then ends.
+    pub fn replace(&self, targets: &[WebhookTarget]) -> std::io::Result<()> {
+        let new = start_workers(targets)?;
+        let old = std::mem::replace(
+            &mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()),
+            new,
+        );
+        // Dropping a sender closes its queue; the thread's `for d in rx` ends after the last.
+        drop(old);
+        Ok(())
     }
 
     /// Queue the event for every URL; never waits.

@@ -349,3 +349,61 @@ fn a_bad_webhook_url_is_a_one_line_startup_error() {
         "nothing made before the error"
     );
 }
+
+#[test]
+fn a_sighup_sends_later_events_to_the_reloaded_webhooks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (first, second) = (Receiver::start(0), Receiver::start(0));
+    let config = root.join("daemon.yaml");
+    let write_config = |url: &str| {
+        fs::write(&config, format!("webhooks:\n  - url: \"{url}\"\n")).unwrap();
+    };
+    write_config(&first.url);
+    let d = Daemon::start(root, &["--config", config.to_str().unwrap()]);
+    drop_manifest(root, "vm-a.json", &missing_source("a"));
+    d.wait_for(
+        "vm-a's events at the first receiver",
+        Duration::from_secs(30),
+        || (first.delivered().len() >= 2).then_some(()),
+    );
+
+    write_config(&second.url);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    d.wait_for("the reload", Duration::from_secs(20), || {
+        d.log_text()
+            .contains("SIGHUP: configuration reloaded")
+            .then_some(())
+    });
+    let log = d.log_text();
+    assert!(
+        log.contains("webhooks ["),
+        "the reload names the change:\n{log}"
+    );
+    drop_manifest(root, "vm-b.json", &missing_source("b"));
+    let events = d.wait_for(
+        "vm-b's events at the second receiver",
+        Duration::from_secs(30),
+        || {
+            let e = second.delivered();
+            (e.len() >= 2).then_some(e)
+        },
+    );
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["vm"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, [("job.claimed", "vm-b"), ("job.failed", "vm-b")]);
+    // Control: the first receiver got vm-a's events and nothing after the reload.
+    std::thread::sleep(Duration::from_millis(500));
+    let old: Vec<String> = first
+        .delivered()
+        .iter()
+        .map(|e| e["vm"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(old, ["vm-a", "vm-a"]);
+}

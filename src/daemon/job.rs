@@ -25,7 +25,7 @@ pub struct Shared {
     pub cfg: DaemonConfig,
     /// Set when running jobs must stop (shutdown with on_stop=abort, or a second signal).
     pub cancel: Arc<AtomicBool>,
-    /// Shared with the configuration a SIGHUP reload makes (the URLs need a restart).
+    /// Shared with the configuration a SIGHUP reload makes (a reload replaces its receivers).
     pub webhooks: Arc<crate::webhook::Notifier>,
     /// The daemon's metrics (one registry for its whole life).
     pub metrics: Arc<crate::metrics::Metrics>,

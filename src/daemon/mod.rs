@@ -285,7 +285,14 @@ impl Daemon {
                 for w in &warnings {
                     log::warn!("{w}");
                 }
-                let (new, changes, restart) = merge_reloaded(self.cfg(), new);
+                let (mut new, changes, restart) = merge_reloaded(self.cfg(), new);
+                if new.webhooks != self.cfg().webhooks {
+                    // Jobs still running send their later events to the new receivers too.
+                    if let Err(e) = self.shared.webhooks.replace(&new.webhooks) {
+                        log::error!("SIGHUP: cannot start the new webhook senders: {e}; keeping the old ones");
+                        new.webhooks = self.cfg().webhooks.clone();
+                    }
+                }
                 log::info!(
                     "SIGHUP: configuration reloaded from {source}: {}",
                     if changes.is_empty() {
@@ -355,6 +362,23 @@ fn merge_reloaded(
         old.max_manifest_bytes.to_string(),
         new.max_manifest_bytes.to_string(),
     );
+    if new.webhooks != old.webhooks {
+        let shown = |w: &[crate::webhook::WebhookTarget]| {
+            let urls: Vec<String> = w
+                .iter()
+                .map(|t| {
+                    let signed = if t.is_signed() { " (signed)" } else { "" };
+                    format!("{}{signed}", crate::webhook::redact(&t.url))
+                })
+                .collect();
+            format!("[{}]", urls.join(", "))
+        };
+        changes.push(format!(
+            "webhooks {} → {}",
+            shown(&old.webhooks),
+            shown(&new.webhooks)
+        ));
+    }
     let mut restart = Vec::new();
     if new.dir != old.dir {
         restart.push(format!(
@@ -438,5 +462,26 @@ mod tests {
         );
         assert!(changes.is_empty(), "{changes:?}");
         assert_eq!(restart, ["metrics_listen", "metrics_textfile"]);
+    }
+
+    #[test]
+    fn a_reload_names_the_webhooks_it_changes_without_their_passwords() {
+        let old = DaemonConfig::new("/spool".into(), "/out".into());
+        let mut new = old.clone();
+        new.webhooks = vec![crate::webhook::WebhookTarget::new(
+            "webhooks[0].url",
+            "https://ops:hunter2@hooks.example/h2k",
+            None,
+        )
+        .unwrap()];
+        let (merged, changes, restart) = merge_reloaded(&old, new.clone());
+        assert_eq!(merged.webhooks, new.webhooks);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(
+            changes[0].starts_with("webhooks [] → [https://"),
+            "{changes:?}"
+        );
+        assert!(!changes[0].contains("hunter2"), "{changes:?}");
+        assert!(restart.is_empty(), "{restart:?}");
     }
 }
