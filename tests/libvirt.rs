@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture, fixture_facts, h2k, vm_lock};
+use common::{fixture, fixture_facts, h2k, vm_lock, xml_attrs};
 use h2k_guest::fix::{FixRecord, FixStatus, NicChoice};
 use h2k_guest::libvirt::{render, DomainSpec, DomainType};
 use h2k_guest::plan::{Firmware, LibvirtNetwork, NicPlan, Plan};
@@ -280,14 +280,6 @@ fn wait_for_login(domain: &str, log: &Path, limit: Duration) -> Result<f64, Stri
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-}
-
-fn xml_attrs(xml: &str, element: &str, attr: &str) -> Vec<String> {
-    let doc = roxmltree::Document::parse(xml).unwrap();
-    doc.descendants()
-        .filter(|n| n.has_tag_name(element))
-        .filter_map(|n| n.attribute(attr).map(str::to_string))
-        .collect()
 }
 
 /// One fixture through `fix --libvirt-xml`, defined and booted under libvirtd.

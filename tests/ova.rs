@@ -17,7 +17,9 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{fixture, fixture_facts, h2k, one_error_line, read_json, sha256_file, vm_lock};
+use common::{
+    fixture, fixture_facts, h2k, one_error_line, read_json, sha256_file, vm_lock, xml_attrs,
+};
 
 const DATA_MAC: &str = "00:50:56:8a:1b:09";
 
@@ -203,14 +205,6 @@ fn ova(dir: &Path, name: &str, members: &[(&str, &Path)]) -> PathBuf {
         .current_dir(&stage));
     fs::remove_dir_all(&stage).unwrap();
     out
-}
-
-fn xml_attrs(xml: &str, element: &str, attr: &str) -> Vec<String> {
-    let doc = roxmltree::Document::parse(xml).unwrap();
-    doc.descendants()
-        .filter(|n| n.has_tag_name(element))
-        .filter_map(|n| n.attribute(attr).map(str::to_string))
-        .collect()
 }
 
 fn xml_texts(xml: &str, element: &str) -> Vec<String> {

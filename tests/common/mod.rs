@@ -369,3 +369,12 @@ pub fn deb_package() -> PathBuf {
 
 #[allow(dead_code)]
 pub mod daemon;
+
+/// The values of `attr` on every `element` of an XML document (libvirt domain XML), in order.
+pub fn xml_attrs(xml: &str, element: &str, attr: &str) -> Vec<String> {
+    let doc = roxmltree::Document::parse(xml).unwrap();
+    doc.descendants()
+        .filter(|n| n.has_tag_name(element))
+        .filter_map(|n| n.attribute(attr).map(str::to_string))
+        .collect()
+}
