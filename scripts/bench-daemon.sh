@@ -57,7 +57,7 @@ if [ -z "${H2K_BIN:-}" ]; then
 fi
 VMDK=$(bash "$REPO/scripts/make-fixture.sh" debian12-bios | tail -n 1)
 [ -f "$VMDK" ] || { log "no fixture: $VMDK"; exit 1; }
-if pgrep -x qemu-system-x86_64 >/dev/null || pgrep -f '^qemu-system' >/dev/null; then
+if pgrep -f '^(/usr/bin/)?qemu-system' >/dev/null; then
     log "warning: a QEMU is already running on this machine; the numbers will be contended"
 fi
 
@@ -126,10 +126,11 @@ for j in "${JLIST[@]}"; do
     grep -q "daemon ready" "$w/daemon.log" || { log "the daemon did not start"; cat "$w/daemon.stderr" >&2; exit 1; }
     t0=$(now)
     mv "$w/.wave.json.tmp" "$w/spool/to_be_processed/wave.json"
-    day=$(date -u +%F)
     while :; do
-        done_n=$(find "$w/spool/processed/$day" "$w/spool/failed/$day" -maxdepth 1 -name 'vm*.json' \
-            ! -name '*.report.json' ! -name '*.error.json' 2>/dev/null | wc -l)
+        # Every date directory (a wave may cross midnight UTC); failed/ does not exist while
+        # nothing failed, and find's status must not end the script.
+        done_n=$( (find "$w/spool/processed" "$w/spool/failed" -mindepth 2 -maxdepth 2 -name 'vm*.json' \
+            ! -name '*.report.json' ! -name '*.error.json' 2>/dev/null || true) | wc -l)
         [ "$done_n" -ge "$COUNT" ] && break
         kill -0 "$DAEMON_PID" 2>/dev/null || { log "the daemon died"; tail -20 "$w/daemon.stderr" >&2; exit 1; }
         sleep 0.2
