@@ -498,6 +498,8 @@ fn load_sources(
 ) -> Result<Vec<PathBuf>, PipelineError> {
     let mut overlays = Vec::new();
     let mut total_virtual: u64 = 0;
+    // None once a measure failed: then the virtual size is all there is to go by.
+    let mut total_required: Option<u64> = Some(0);
     for (i, d) in plan.disks.iter().enumerate() {
         let source = Source::of_disk(d)?;
         // The checksum first: nothing else (qemu-img included) reads a file that does not match.
@@ -548,6 +550,15 @@ fn load_sources(
         total_virtual += info.virtual_size;
         let overlay = workdir.join(format!("overlay{i}.qcow2"));
         load::create_overlay(&info, &overlay)?;
+        if plan.convert.enabled {
+            match load::space::measure_required(&overlay) {
+                Ok(bytes) => total_required = total_required.map(|t| t + bytes),
+                Err(e) => {
+                    log::warn!("{e}; the free-space check counts the virtual size");
+                    total_required = None;
+                }
+            }
+        }
         log::info!(
             "{}: {} {} GiB virtual; overlay {}",
             d.source,
@@ -567,16 +578,8 @@ fn load_sources(
             PipelineError::Sanity(format!("{}: cannot stat: {e}", plan.output_dir.display()))
         })?;
         let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-        if free < total_virtual {
-            return Err(PipelineError::Sanity(format!(
-                "{}: not enough free space: the outputs may need up to {} bytes ({:.1} GiB, the virtual size), {} bytes ({:.1} GiB) free",
-                plan.output_dir.display(),
-                total_virtual,
-                total_virtual as f64 / (1u64 << 30) as f64,
-                free,
-                free as f64 / (1u64 << 30) as f64
-            )));
-        }
+        load::space::check(&plan.output_dir, free, total_required, total_virtual)
+            .map_err(PipelineError::Sanity)?;
     }
     Ok(overlays)
 }

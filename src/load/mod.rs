@@ -47,6 +47,7 @@ pub enum LoadError {
 pub mod ova;
 pub mod ovf;
 pub mod policy;
+pub mod space;
 pub mod vhdx;
 
 pub use ova::{ova_disks, OvaMember};
