@@ -20,9 +20,9 @@
 #   floor-nbd   qemu-nbd SRC + qemu-img convert nbd+unix:// + fsync      (h2k's CONVERT, bare)
 #   appliance   guestfish --ro -a SRC set-smp V : set-memsize M : run   (h2k's vCPUs/memory)
 # then once per fixture: validate --boot --probe --bus virtio of h2k's (both strategies) and
-# virt-v2v's last outputs (is it whole: mounts, swap, network, no failed unit); and once (first
-# fixture) the growth check: the source copied to qcow2 and resized to 100 GiB (the new space
-# unallocated), h2k-guest fix on it.
+# virt-v2v's last outputs, the NIC on the VM's own MAC (is it whole: mounts, swap, network, no
+# failed unit); and once (first fixture) the growth check: the source copied to qcow2 and
+# resized to 100 GiB (the new space unallocated), h2k-guest fix on it.
 #
 # Fixtures are every guest the project builds: make-fixture.sh, make-variant.sh, make-guest.sh
 # and make-layout.sh names (multi-disk variants are left out: virt-v2v -i disk takes one disk).
@@ -213,8 +213,16 @@ boot_check() {
     wait_idle || CONTENDED_ANY=1
     log "$fixture: booting $tool's output on virtio with the probe"
     local j=$RES/$fixture.$tool.boot.json
+    # The NIC keeps the VM's MAC, as a migration does by default (virt-v2v and h2k-guest's
+    # libvirt XML alike): a guest whose network config matches its MAC (netplan, NetworkManager)
+    # has no network on QEMU's default MAC, whoever converted it. $src is the fixture's source.
+    local mac_args=()
+    local mac
+    mac=$(python3 -c 'import json,sys; print((json.load(open(sys.argv[1])).get("network") or {}).get("mac") or "")' \
+        "${src%.*}.json" 2>/dev/null || true)
+    [ -n "$mac" ] && mac_args=(--mac "$mac")
     env "${TOOL_ENV[@]}" "$H2K" validate --accel "$ACCEL" --boot --probe "$image" --bus virtio \
-        --timeout 420 --json -q >"$j" 2>"$RES/$fixture.$tool.boot.log"
+        "${mac_args[@]}" --timeout 420 --json -q >"$j" 2>"$RES/$fixture.$tool.boot.log"
     python3 - "$j" "$fixture" "$tool" "$RES/$fixture.$tool.boot.log" >>"$RES/boots.tsv" <<'EOF'
 import json, sys
 path, fixture, tool, errlog = sys.argv[1:5]
