@@ -223,8 +223,9 @@ fn sigkill_at_moments_over_the_timeline_loses_nothing() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// A tmpfs output directory too small for the image: CONVERT fails with a clear error naming the
-/// output, and no `.part` or work directory is left.
+/// A tmpfs output directory too small for the image: the run fails with a clear error naming the
+/// output and the lack of space (LOAD's free-space check, from `qemu-img measure`, stops it before
+/// any appliance), and no `.part` or work directory is left.
 #[test]
 fn full_output_filesystem_during_convert_is_a_clear_error_and_leaves_no_partial() {
     let src = fixture("debian12-bios");
