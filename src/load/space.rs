@@ -34,13 +34,16 @@ pub fn measure_required(overlay: &Path) -> Result<u64, LoadError> {
 
 /// What the outputs may need and how that was counted: the measured data plus the margin, or
 /// the virtual size when a measure failed (`measured` is None).
-pub fn bytes_needed(measured: Option<u64>, virtual_size: u64) -> (u64, &'static str) {
+pub fn bytes_needed(measured: Option<u64>, virtual_size: u64) -> (u64, String) {
     match measured {
         Some(bytes) => (
             bytes.saturating_add(REPAIR_MARGIN_BYTES),
-            "the data qemu-img measure counts, plus 256 MiB for the repairs",
+            format!(
+                "the data qemu-img measure counts, plus {} MiB for the repairs",
+                REPAIR_MARGIN_BYTES >> 20
+            ),
         ),
-        None => (virtual_size, "the virtual size"),
+        None => (virtual_size, "the virtual size".into()),
     }
 }
 
