@@ -503,6 +503,16 @@ impl Guestfs {
     );
 
     int_call!(mount => guestfs_mount(mountable, mountpoint));
+    int_call!(
+        /// Mount read-only (no journal replay writes reach the disk's overlay either).
+        mount_ro => guestfs_mount_ro(mountable, mountpoint)
+    );
+    list_call!(
+        /// Logical volumes as `/dev/VG/LV`.
+        lvs => guestfs_lvs()
+    );
+    string_call!(lvuuid => guestfs_lvuuid(device));
+    string_call!(vguuid => guestfs_vguuid(vgname));
 
     pub fn umount_all(&self) -> Result<()> {
         // SAFETY: valid handle.
@@ -575,7 +585,27 @@ impl Guestfs {
         Ok(out)
     }
 
-    /// Copy a guest file to a host file (streamed; no message-size limit).
+    /// At most `count` bytes of a guest file from its start (following symlinks inside the
+    /// guest): small files read without trusting their size.
+    pub fn read_head(&self, path: &str, count: u32) -> Result<Vec<u8>> {
+        const CALL: &str = "guestfs_pread";
+        let p = cstring(CALL, path)?;
+        let count = c_int::try_from(count).unwrap_or(c_int::MAX);
+        let mut size: usize = 0;
+        // SAFETY: valid handle; size_r receives the buffer length.
+        let buf = unsafe { sys::guestfs_pread(self.handle, p.as_ptr(), count, 0, &mut size) };
+        if buf.is_null() {
+            return Err(self.error(CALL));
+        }
+        // SAFETY: buf holds `size` bytes allocated by libguestfs; copied then freed.
+        let out = unsafe {
+            let v = std::slice::from_raw_parts(buf as *const u8, size).to_vec();
+            libc::free(buf as *mut c_void);
+            v
+        };
+        Ok(out)
+    }
+
     /// Size in bytes of a guest file (following symlinks inside the guest).
     pub fn filesize(&self, path: &str) -> Result<u64> {
         const CALL: &str = "guestfs_filesize";
@@ -585,6 +615,7 @@ impl Guestfs {
         u64::try_from(size).map_err(|_| self.error(CALL))
     }
 
+    /// Copy a guest file to a host file (streamed; no message-size limit).
     pub fn download(&self, remote: &str, local: &std::path::Path) -> Result<()> {
         const CALL: &str = "guestfs_download";
         let r = cstring(CALL, remote)?;

@@ -130,12 +130,12 @@ pub fn inspect_disk(
         disk: disk.into(),
         cause,
     };
-    let roots = inspect::find_roots(&app.g).map_err(wrap)?;
     let disks = inspect::scan_disks(&app.g).map_err(|e| wrap(e.into()))?;
+    let roots = inspect::find_roots(&app.g, &disks).map_err(wrap)?;
     let mut oses = Vec::new();
     for root in &roots {
         go_on()?;
-        warnings.extend(inspect::mount_guest(&app.g, root, &disks).map_err(wrap)?);
+        warnings.extend(inspect::mount_guest(&app.g, root).map_err(wrap)?);
         oses.push(inspect::inspect_root(&app.g, root, &disks).map_err(wrap)?);
         app.g.umount_all().map_err(|e| wrap(e.into()))?;
     }
@@ -369,7 +369,7 @@ pub fn render_table(r: &InspectReport) -> String {
 }
 
 /// The Photon boot facts of the table: who wrote grub.cfg, what photon.cfg boots.
-fn photon_lines(p: &crate::inspect_photon::PhotonBoot) -> String {
+fn photon_lines(p: &crate::inspect::photon::PhotonBoot) -> String {
     let mut o = String::new();
     let cfg = match (&p.photon_cfg, p.photon_cfg_is_link) {
         (Some(target), true) => format!("/boot/photon.cfg → {target}"),
@@ -419,7 +419,7 @@ mod tests {
 
     #[test]
     fn photon_boot_facts_are_shown() {
-        let p = crate::inspect_photon::PhotonBoot {
+        let p = crate::inspect::photon::PhotonBoot {
             installer_grub_cfg: true,
             root_partition: Some("PARTUUID=8a1c".into()),
             photon_cfg: Some("/boot/linux-esx-6.1.10-11.ph5-esx.cfg".into()),
@@ -439,7 +439,7 @@ mod tests {
             photon_lines(&p),
             "Photon boot:  grub.cfg written by the installer (DO NOT OVERWRITE), /boot/photon.cfg → /boot/linux-esx-6.1.10-11.ph5-esx.cfg\n              kernel 6.1.10-11.ph5-esx (linux-esx), root=PARTUUID=8a1c\n              photon_cmdline=init=/lib/systemd/systemd ro\n              driver lists: [6.1.10-11.ph5-esx]; user.cfg\n"
         );
-        let empty = photon_lines(&crate::inspect_photon::PhotonBoot::default());
+        let empty = photon_lines(&crate::inspect::photon::PhotonBoot::default());
         assert!(
             empty.starts_with(
                 "Photon boot:  grub.cfg without the installer's marker, no /boot/photon.cfg\n"

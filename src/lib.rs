@@ -22,7 +22,6 @@ pub mod guestfs;
 pub mod initramfs_image;
 pub mod inspect;
 pub mod inspect_cmd;
-pub mod inspect_photon;
 pub mod libvirt;
 pub mod load;
 pub mod logging;

@@ -278,21 +278,21 @@ fn run_stages(
         cause,
     };
     let os = report.stage("inspect", |r| -> Result<_, PipelineError> {
+        let disks = r
+            .timed("filesystems", || inspect::scan_disks(&app.g))
+            .map_err(|e| inspect_err(e.into()))?;
         let roots = r
-            .timed("inspect_os", || inspect::find_roots(&app.g))
+            .timed("roots", || inspect::find_roots(&app.g, &disks))
             .map_err(inspect_err)?;
         if roots.len() > 1 {
             r.warnings.push(format!(
                 "{} operating systems found; fixing the first ({})",
                 roots.len(),
-                roots[0]
+                roots[0].device
             ));
         }
-        let disks = r
-            .timed("filesystems", || inspect::scan_disks(&app.g))
-            .map_err(|e| inspect_err(e.into()))?;
         let mount_warnings = r
-            .timed("mount", || inspect::mount_guest(&app.g, &roots[0], &disks))
+            .timed("mount", || inspect::mount_guest(&app.g, &roots[0]))
             .map_err(inspect_err)?;
         r.warnings.extend(mount_warnings);
         let mut parts = Vec::new();

@@ -19,7 +19,7 @@ pub struct StageTiming {
     pub ended_at: String,
     pub seconds: f64,
     pub ok: bool,
-    /// Where the stage's time went (e.g. inspect: inspect_os, filesystems, mount, kernels),
+    /// Where the stage's time went (e.g. inspect: filesystems, roots, mount, kernels),
     /// in the order measured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<StagePart>,

@@ -199,20 +199,20 @@ fn overlay_for(
 /// Mount the guest's root (as inspection finds it) and write the probe unit, its symlink in
 /// multi-user.target.wants and the script. Returns the root.
 fn install_probe(g: &Guestfs) -> Result<String, String> {
-    let roots = crate::inspect::find_roots(g).map_err(|e| e.to_string())?;
+    let disks = crate::inspect::scan_disks(g).map_err(|e| e.to_string())?;
+    let roots = crate::inspect::find_roots(g, &disks).map_err(|e| e.to_string())?;
     let root = roots
         .iter()
-        .find(|r| g.inspect_get_type(r).is_ok_and(|t| t == "linux"))
-        .unwrap_or(&roots[0])
-        .clone();
-    let disks = crate::inspect::scan_disks(g).map_err(|e| e.to_string())?;
-    for warning in crate::inspect::mount_guest(g, &root, &disks).map_err(|e| e.to_string())? {
+        .find(|r| r.os_type == "linux")
+        .unwrap_or(&roots[0]);
+    for warning in crate::inspect::mount_guest(g, root).map_err(|e| e.to_string())? {
         log::warn!("{warning}");
     }
     let systemd = g.is_dir("/etc/systemd").map_err(|e| e.to_string())?;
     if !systemd {
         return Err(format!(
-            "the guest on {root} has no /etc/systemd: the probe runs as a systemd unit"
+            "the guest on {} has no /etc/systemd: the probe runs as a systemd unit",
+            root.device
         ));
     }
     let step = |what: &str, r: Result<(), crate::guestfs::GuestfsError>| {
@@ -252,7 +252,7 @@ fn install_probe(g: &Guestfs) -> Result<String, String> {
     if let Some(policy) = super::selinux::label_written_files(g, &written)? {
         log::info!("the probe's files are labelled for the guest's SELinux policy {policy}");
     }
-    Ok(root)
+    Ok(root.device.clone())
 }
 
 /// The MACs the guest will see: as asked, and QEMU's default for the others (it counts up

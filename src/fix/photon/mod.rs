@@ -21,8 +21,8 @@ use super::initramfs::{self, ALSO, REQUIRED};
 use super::initramfs_conf_apply as conf;
 use super::{record, skipped, unified_diff, FileChange, FixError, FixRecord, Guest};
 use crate::fix::grub::Resolve;
+use crate::inspect::photon::{confined_boot_path, PhotonBoot, DRIVER_LIST_DIR, PHOTON_CFG};
 use crate::inspect::InitramfsTool;
-use crate::inspect_photon::{confined_boot_path, PhotonBoot, DRIVER_LIST_DIR, PHOTON_CFG};
 use crate::plan::InitramfsStrategy;
 use kernel_choice::{choose, missing_drivers, Candidate, Choice};
 
@@ -159,7 +159,7 @@ fn run_grub(
     warnings: &mut Vec<String>,
 ) -> Result<(FixRecord, String), FixError> {
     let started = Instant::now();
-    let grub_cfg = crate::inspect_photon::GRUB_CFG;
+    let grub_cfg = crate::inspect::photon::GRUB_CFG;
     let grub_before = guest.g.read_file(grub_cfg).ok();
     if regenerate {
         warnings.push(format!(
@@ -235,7 +235,7 @@ fn run_grub(
     if photon.user_cfg {
         files.extend(edit_env_block(
             guest,
-            crate::inspect_photon::USER_CFG,
+            crate::inspect::photon::USER_CFG,
             &[("user_cmdline", None)],
             &resolve,
             warnings,

@@ -289,6 +289,7 @@ mod tests {
             initramfs_tool: crate::inspect::InitramfsTool::Dracut,
             virtio_blk_in_default_initramfs: None,
             photon: None,
+            found_by: String::new(),
         }
     }
 

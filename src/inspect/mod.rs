@@ -9,10 +9,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::guestfs::{Guestfs, GuestfsError};
 
+pub mod mountpoints;
+pub mod os_facts;
+pub mod photon;
+pub mod roots;
+
+pub use roots::{find_roots, Root};
+
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     #[error(
-        "no operating system found on the disk (libguestfs inspection found no root filesystem)"
+        "no operating system found on the disk (no Linux root, and libguestfs inspection found none)"
     )]
     NoOs,
     #[error(transparent)]
@@ -46,7 +53,10 @@ pub struct OsInfo {
     pub virtio_blk_in_default_initramfs: Option<bool>,
     /// How a Photon OS guest boots; absent for every other distribution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub photon: Option<crate::inspect_photon::PhotonBoot>,
+    pub photon: Option<crate::inspect::photon::PhotonBoot>,
+    /// What found the root: `h2k-guest`, or `libguestfs (why it was asked)`.
+    #[serde(default)]
+    pub found_by: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -144,59 +154,30 @@ pub const VIRTIO_MODULES: &[&str] = &[
 
 const ESP_GPT_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 
-/// Find OS roots. Errors with [`InspectError::NoOs`] when there are none.
-pub fn find_roots(g: &Guestfs) -> Result<Vec<String>, InspectError> {
-    let roots = g.inspect_os()?;
-    if roots.is_empty() {
-        return Err(InspectError::NoOs);
-    }
-    Ok(roots)
-}
-
 /// The appliance's view of the disks, read once: `list_filesystems` probes every device (LVM,
-/// md, signatures) and costs about 1.5 s per call under TCG.
+/// md, signatures) and costs about 1.5 s per call under TCG; blkid's tags per device follow.
 #[derive(Debug, Clone)]
 pub struct Disks {
     /// (device, filesystem type) as libguestfs lists them.
     pub filesystems: Vec<(String, String)>,
+    /// The same with blkid's UUID, LABEL, PARTUUID (not for type "unknown").
+    pub described: Vec<mountpoints::KnownFs>,
     pub disk_count: usize,
 }
 
 pub fn scan_disks(g: &Guestfs) -> Result<Disks, GuestfsError> {
+    let filesystems = g.list_filesystems()?;
     Ok(Disks {
-        filesystems: g.list_filesystems()?,
+        described: roots::describe(g, &filesystems),
+        filesystems,
         disk_count: g.list_devices()?.len(),
     })
 }
 
-/// The guest's mountpoints with each device as the appliance names it. libguestfs resolves
-/// `/dev/sdX`, `UUID=` and `LABEL=` itself but passes `/dev/disk/by-path/…` and
-/// `/dev/disk/by-id/…` through unchanged; those are mapped by their partition number.
-pub fn resolved_mountpoints(
-    g: &Guestfs,
-    root: &str,
-    disks: &Disks,
-) -> Result<Vec<(String, String)>, GuestfsError> {
-    let known = |dev: &str| disks.filesystems.iter().any(|(d, _)| d == dev);
-    Ok(g.inspect_get_mountpoints(root)?
-        .into_iter()
-        .map(|(mp, dev)| {
-            if known(&dev) {
-                return (mp, dev);
-            }
-            match crate::devices::appliance_device_for(&dev, disks.disk_count).filter(|d| known(d))
-            {
-                Some(resolved) => (mp, resolved),
-                None => (mp, dev),
-            }
-        })
-        .collect())
-}
-
 /// Mount the guest's filesystems for `root` at their mountpoints (shortest path first).
 /// Filesystems that fail to mount (e.g. a stale fstab entry) are skipped with a warning.
-pub fn mount_guest(g: &Guestfs, root: &str, disks: &Disks) -> Result<Vec<String>, InspectError> {
-    let mut mps = resolved_mountpoints(g, root, disks)?;
+pub fn mount_guest(g: &Guestfs, root: &Root) -> Result<Vec<String>, InspectError> {
+    let mut mps = root.mountpoints.clone();
     mps.sort_by_key(|(mp, _)| mp.len());
     let mut warnings = Vec::new();
     for (mp, dev) in mps {
@@ -211,14 +192,14 @@ pub fn mount_guest(g: &Guestfs, root: &str, disks: &Disks) -> Result<Vec<String>
 }
 
 /// Inspect one root; the guest must be mounted (see [`mount_guest`]).
-pub fn inspect_root(g: &Guestfs, root: &str, disks: &Disks) -> Result<OsInfo, InspectError> {
+pub fn inspect_root(g: &Guestfs, root: &Root, disks: &Disks) -> Result<OsInfo, InspectError> {
     inspect_root_timed(g, root, disks, &mut Vec::new())
 }
 
 /// [`inspect_root`], adding where its time went to `parts` (name, seconds).
 pub fn inspect_root_timed(
     g: &Guestfs,
-    root: &str,
+    root: &Root,
     disks: &Disks,
     parts: &mut Vec<(&'static str, f64)>,
 ) -> Result<OsInfo, InspectError> {
@@ -227,28 +208,41 @@ pub fn inspect_root_timed(
         parts.push((name, clock.elapsed().as_secs_f64()));
         clock = std::time::Instant::now();
     };
-    let mountpoints: Vec<Mountpoint> = resolved_mountpoints(g, root, disks)?
-        .into_iter()
-        .map(|(mountpoint, device)| Mountpoint { mountpoint, device })
+    let mountpoints: Vec<Mountpoint> = root
+        .mountpoints
+        .iter()
+        .map(|(mountpoint, device)| Mountpoint {
+            mountpoint: mountpoint.clone(),
+            device: device.clone(),
+        })
         .collect();
-    let filesystems = describe_filesystems(g, disks);
-    lap("describe filesystems", parts);
+    let filesystems = disks
+        .described
+        .iter()
+        .map(|f| Filesystem {
+            device: f.device.clone(),
+            fs_type: f.fs_type.clone(),
+            uuid: f.uuid.clone(),
+            label: f.label.clone(),
+        })
+        .collect();
     let kernels = list_kernels(g)?;
     lap("kernels and initramfs", parts);
     let default_kernel = kernels.last().map(|k| k.version.clone());
     let virtio_blk_in_default_initramfs = kernels.last().and_then(|k| k.has_virtio_blk);
+    let facts = root.facts.clone();
     let mut os = OsInfo {
-        root: root.to_string(),
-        os_type: g.inspect_get_type(root)?,
-        distro: g.inspect_get_distro(root)?,
-        product_name: g.inspect_get_product_name(root)?,
-        major_version: g.inspect_get_major_version(root)?,
-        minor_version: g.inspect_get_minor_version(root)?,
-        arch: g.inspect_get_arch(root)?,
-        osinfo: g.inspect_get_osinfo(root).ok().filter(|s| s != "unknown"),
-        package_format: g.inspect_get_package_format(root)?,
-        package_management: g.inspect_get_package_management(root)?,
-        hostname: g.inspect_get_hostname(root)?,
+        root: root.device.clone(),
+        os_type: root.os_type.clone(),
+        distro: facts.distro,
+        product_name: facts.product_name,
+        major_version: facts.major_version,
+        minor_version: facts.minor_version,
+        arch: facts.arch,
+        osinfo: facts.osinfo,
+        package_format: facts.package_format,
+        package_management: facts.package_management,
+        hostname: facts.hostname,
         bootloader: detect_bootloader(g)?,
         firmware: detect_firmware(g, &mountpoints, disks)?,
         initramfs_tool: detect_initramfs_tool(g)?,
@@ -258,49 +252,13 @@ pub fn inspect_root_timed(
         default_kernel,
         virtio_blk_in_default_initramfs,
         photon: None,
+        found_by: root.found_by.clone(),
     };
-    lap("os facts and boot loader", parts);
+    lap("boot loader and firmware", parts);
     // libguestfs does not know Photon: os-release, and Photon's own boot layout.
-    crate::inspect_photon::complete(g, &mut os)?;
+    crate::inspect::photon::complete(g, &mut os)?;
     lap("os-release and photon", parts);
     Ok(os)
-}
-
-fn describe_filesystems(g: &Guestfs, disks: &Disks) -> Vec<Filesystem> {
-    let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
-    disks
-        .filesystems
-        .iter()
-        .filter(|(_, fs_type)| fs_type != "unknown")
-        .map(|(device, fs_type)| {
-            // One blkid for both tags where the mountable is a device (not `btrfsvol:`).
-            let tags = device
-                .starts_with("/dev/")
-                .then(|| g.blkid(device).ok())
-                .flatten();
-            let (uuid, label) = match tags {
-                Some(tags) => {
-                    let tag = |k: &str| {
-                        tags.iter()
-                            .find(|(key, _)| key == k)
-                            .map(|(_, v)| v.clone())
-                            .and_then(nonempty)
-                    };
-                    (tag("UUID"), tag("LABEL"))
-                }
-                None => (
-                    g.vfs_uuid(device).ok().and_then(nonempty),
-                    g.vfs_label(device).ok().and_then(nonempty),
-                ),
-            };
-            Filesystem {
-                device: device.clone(),
-                fs_type: fs_type.clone(),
-                uuid,
-                label,
-            }
-        })
-        .collect()
 }
 
 /// Compare kernel versions ("6.1.0-18-amd64" < "6.1.0-25-amd64") by numeric runs.
