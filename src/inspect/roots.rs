@@ -49,7 +49,7 @@ pub fn find_roots(g: &Guestfs, disks: &Disks) -> Result<Vec<Root>, InspectError>
 /// The roots h2k-guest can judge by itself, or why it cannot (then libguestfs decides).
 pub fn own_roots(g: &Guestfs, disks: &Disks) -> Result<Result<Vec<Root>, String>, InspectError> {
     let mut known = disks.known();
-    let mut found: Vec<(bool, Root)> = Vec::new();
+    let mut found: Vec<(Option<String>, Root)> = Vec::new();
     let candidates: Vec<String> = disks
         .filesystems
         .iter()
@@ -81,9 +81,8 @@ pub fn own_roots(g: &Guestfs, disks: &Disks) -> Result<Result<Vec<Root>, String>
                 )))
             }
         };
-        let names_itself = mounts.fstab_root.as_deref().is_none_or(|r| r == device);
         found.push((
-            names_itself,
+            mounts.fstab_root,
             Root {
                 os_type: "linux".into(),
                 facts,
@@ -93,9 +92,29 @@ pub fn own_roots(g: &Guestfs, disks: &Disks) -> Result<Result<Vec<Root>, String>
             },
         ));
     }
+    Ok(Ok(rank(found)))
+}
+
+/// The roots in the order to trust them, given what each one's fstab names for `/`: first
+/// those that name themselves (or nothing), then the rest in the filesystems' order. A root
+/// whose fstab names another root found here is a copy of it (a btrfs snapshot, a backup
+/// subvolume) and is not an operating system of its own.
+fn rank(found: Vec<(Option<String>, Root)>) -> Vec<Root> {
+    let devices: Vec<String> = found.iter().map(|(_, r)| r.device.clone()).collect();
+    let mut roots: Vec<(bool, Root)> = found
+        .into_iter()
+        .filter_map(|(fstab_root, root)| match fstab_root {
+            Some(named) if named != root.device && devices.contains(&named) => {
+                log::debug!("{} is a copy of the root {named}", root.device);
+                None
+            }
+            Some(named) => Some((named == root.device, root)),
+            None => Some((true, root)),
+        })
+        .collect();
     // Stable: the filesystems' own order among equals.
-    found.sort_by_key(|(names_itself, _)| !names_itself);
-    Ok(Ok(found.into_iter().map(|(_, r)| r).collect()))
+    roots.sort_by_key(|(names_itself, _)| !names_itself);
+    roots.into_iter().map(|(_, r)| r).collect()
 }
 
 /// With a candidate mounted on `/`: its release files and fstab if it is a Linux root.
@@ -279,4 +298,60 @@ pub fn describe(g: &Guestfs, filesystems: &[(String, String)]) -> Vec<KnownFs> {
         out.push(fs);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(device: &str) -> Root {
+        Root {
+            device: device.into(),
+            os_type: "linux".into(),
+            facts: os_facts::facts(&ReleaseFiles {
+                os_release: Some("ID=opensuse-leap\nVERSION_ID=15.5\n".into()),
+                ..ReleaseFiles::default()
+            })
+            .unwrap(),
+            mountpoints: vec![("/".into(), device.into())],
+            found_by: "h2k-guest".into(),
+        }
+    }
+
+    fn devices(roots: &[Root]) -> Vec<&str> {
+        roots.iter().map(|r| r.device.as_str()).collect()
+    }
+
+    #[test]
+    fn snapshots_of_a_root_are_not_roots_of_their_own() {
+        let snap = |n: u32| format!("btrfsvol:/dev/sda2/@/.snapshots/{n}/snapshot");
+        let found = vec![
+            (Some("/dev/sda2".to_string()), root("/dev/sda2")),
+            (Some("/dev/sda2".to_string()), root(&snap(1))),
+            (Some("/dev/sda2".to_string()), root(&snap(2))),
+        ];
+        assert_eq!(devices(&rank(found)), ["/dev/sda2"]);
+    }
+
+    #[test]
+    fn a_root_naming_itself_comes_before_one_naming_elsewhere() {
+        let found = vec![
+            (Some("/dev/sdc1".to_string()), root("/dev/sda1")),
+            (None, root("/dev/sdb1")),
+            (Some("/dev/sdb2".to_string()), root("/dev/sdb2")),
+        ];
+        assert_eq!(
+            devices(&rank(found)),
+            ["/dev/sdb1", "/dev/sdb2", "/dev/sda1"]
+        );
+    }
+
+    #[test]
+    fn two_operating_systems_stay_two() {
+        let found = vec![
+            (Some("/dev/sda1".to_string()), root("/dev/sda1")),
+            (Some("/dev/sdb1".to_string()), root("/dev/sdb1")),
+        ];
+        assert_eq!(devices(&rank(found)), ["/dev/sda1", "/dev/sdb1"]);
+    }
 }
