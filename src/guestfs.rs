@@ -566,15 +566,11 @@ impl Guestfs {
     int_call!(cp => guestfs_cp(src, dest));
     int_call!(ln_sf => guestfs_ln_sf(target, linkname));
 
-    /// Whole file contents as bytes (no size limit beyond libguestfs's message size).
-    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        const CALL: &str = "guestfs_read_file";
-        let p = cstring(CALL, path)?;
-        let mut size: usize = 0;
-        // SAFETY: valid handle; size_r receives the buffer length.
-        let buf = unsafe { sys::guestfs_read_file(self.handle, p.as_ptr(), &mut size) };
+    /// The `size` bytes libguestfs returned at `buf` (a call's result), copied and freed; the
+    /// handle's error when `buf` is null.
+    fn take_buffer(&self, call: &'static str, buf: *mut c_char, size: usize) -> Result<Vec<u8>> {
         if buf.is_null() {
-            return Err(self.error(CALL));
+            return Err(self.error(call));
         }
         // SAFETY: buf holds `size` bytes allocated by libguestfs; copied then freed.
         let out = unsafe {
@@ -583,6 +579,16 @@ impl Guestfs {
             v
         };
         Ok(out)
+    }
+
+    /// Whole file contents as bytes (no size limit beyond libguestfs's message size).
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        const CALL: &str = "guestfs_read_file";
+        let p = cstring(CALL, path)?;
+        let mut size: usize = 0;
+        // SAFETY: valid handle; size_r receives the buffer length.
+        let buf = unsafe { sys::guestfs_read_file(self.handle, p.as_ptr(), &mut size) };
+        self.take_buffer(CALL, buf, size)
     }
 
     /// At most `count` bytes of a guest file from its start (following symlinks inside the
@@ -594,16 +600,7 @@ impl Guestfs {
         let mut size: usize = 0;
         // SAFETY: valid handle; size_r receives the buffer length.
         let buf = unsafe { sys::guestfs_pread(self.handle, p.as_ptr(), count, 0, &mut size) };
-        if buf.is_null() {
-            return Err(self.error(CALL));
-        }
-        // SAFETY: buf holds `size` bytes allocated by libguestfs; copied then freed.
-        let out = unsafe {
-            let v = std::slice::from_raw_parts(buf as *const u8, size).to_vec();
-            libc::free(buf as *mut c_void);
-            v
-        };
-        Ok(out)
+        self.take_buffer(CALL, buf, size)
     }
 
     /// Size in bytes of a guest file (following symlinks inside the guest).

@@ -109,25 +109,7 @@ pub fn rewrite_crypttab(text: &str, mode: FstabMode, map: &DeviceMap) -> Rewrite
 }
 /// Decode fstab's octal escapes (`\040` is a space) and drop a trailing `/`.
 fn normalize_mountpoint(mountpoint: &str) -> String {
-    let bytes = mountpoint.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| {
-            bytes[i] == b'\\' && d[0] <= b'3' && d.iter().all(|b| (b'0'..=b'7').contains(b))
-        });
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    let s = String::from_utf8_lossy(&out).into_owned();
+    let s = crate::inspect::mountpoints::unescape(mountpoint);
     let trimmed = s.trim_end_matches('/');
     if trimmed.is_empty() && s.starts_with('/') {
         "/".to_string()

@@ -59,7 +59,7 @@ pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
 }
 
 /// fstab's `\NNN` octal escapes (`\040` is a space).
-fn unescape(field: &str) -> String {
+pub fn unescape(field: &str) -> String {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -6,7 +6,7 @@
 //! `/etc/os-release` (every systemd distribution). Names follow libguestfs's (`debian`, `rhel`,
 //! `opensuse`, …) so reports read the same whichever path found the root.
 
-use super::photon::{parse_os_release, version_numbers};
+use super::photon::{parse_os_release, release_value, version_numbers};
 
 /// What a root's files say about its operating system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,14 +40,7 @@ pub struct ReleaseFiles {
 /// libguestfs, which also knows the release files of distributions older than systemd).
 pub fn facts(files: &ReleaseFiles) -> Option<OsFacts> {
     let release = parse_os_release(files.os_release.as_deref()?);
-    let get = |k: &str| {
-        release
-            .iter()
-            .rev()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
+    let get = |k: &str| release_value(&release, k).filter(|v| !v.is_empty());
     let id = get("ID")?.to_ascii_lowercase();
     let id_like = get("ID_LIKE").unwrap_or("").to_ascii_lowercase();
     let distro = distro_of(&id, &id_like);

@@ -78,6 +78,15 @@ pub fn parse_os_release(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The value of `key` in a parsed os-release (the last assignment wins, as in a shell).
+pub fn release_value<'a>(release: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    release
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
 /// `5.0` → (5, 0); `5` → (5, 0).
 pub fn version_numbers(version_id: &str) -> (i32, i32) {
     let mut it = version_id.split('.').map(|p| p.trim().parse::<i32>().ok());
@@ -133,9 +142,10 @@ pub fn confined_boot_path(link_target: &str) -> Option<String> {
     ok.then(|| format!("/boot/{name}"))
 }
 
-/// Fill in what libguestfs left unknown from /etc/os-release, and for Photon its boot.
+/// Fill in what libguestfs left unknown from /etc/os-release (h2k-guest's own inspection
+/// has read it already), and for Photon its boot.
 pub fn complete(g: &Guestfs, os: &mut OsInfo) -> Result<(), GuestfsError> {
-    if os.distro == "unknown" || os.distro == "photon" {
+    if os.distro == "unknown" {
         if let Ok(text) = g.read_to_string("/etc/os-release") {
             apply_os_release(os, &parse_os_release(&text));
         }
@@ -156,13 +166,7 @@ pub fn complete(g: &Guestfs, os: &mut OsInfo) -> Result<(), GuestfsError> {
 
 /// The os-release facts for a distribution libguestfs did not recognise.
 pub fn apply_os_release(os: &mut OsInfo, release: &[(String, String)]) {
-    let get = |k: &str| {
-        release
-            .iter()
-            .rev()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |k: &str| release_value(release, k);
     if get("ID") != Some("photon") {
         return;
     }

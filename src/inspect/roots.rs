@@ -131,17 +131,19 @@ fn look_at_root(g: &Guestfs) -> Result<Option<(ReleaseFiles, String)>, GuestfsEr
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
     let os_release = text("/etc/os-release").or_else(|| text("/usr/lib/os-release"));
-    let debian = os_release
-        .as_deref()
-        .is_some_and(|t| t.lines().any(|l| l.trim() == "ID=debian"));
+    // The same reading of ID as `os_facts::facts` makes, so both agree on "Debian".
+    let debian = os_release.as_deref().is_some_and(|t| {
+        super::photon::release_value(&super::photon::parse_os_release(t), "ID")
+            .is_some_and(|id| id.eq_ignore_ascii_case("debian"))
+    });
+    let hostname = text("/etc/hostname").or_else(|| text("/etc/HOSTNAME"));
     let files = ReleaseFiles {
-        debian_version: if debian {
-            text("/etc/debian_version")
-        } else {
-            None
-        },
-        hostname: text("/etc/hostname").or_else(|| text("/etc/HOSTNAME")),
-        sysconfig_network: None,
+        debian_version: debian.then(|| text("/etc/debian_version")).flatten(),
+        sysconfig_network: hostname
+            .is_none()
+            .then(|| text("/etc/sysconfig/network"))
+            .flatten(),
+        hostname,
         elf_header: [
             "/usr/bin/ls",
             "/bin/ls",
@@ -156,14 +158,6 @@ fn look_at_root(g: &Guestfs) -> Result<Option<(ReleaseFiles, String)>, GuestfsEr
                 .filter(|h| h.starts_with(b"\x7fELF"))
         }),
         os_release,
-    };
-    let files = if files.hostname.is_none() {
-        ReleaseFiles {
-            sysconfig_network: text("/etc/sysconfig/network"),
-            ..files
-        }
-    } else {
-        files
     };
     Ok(Some((files, text("/etc/fstab").unwrap_or_default())))
 }
